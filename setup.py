@@ -1,0 +1,41 @@
+"""Build the native kernels; all metadata lives in pyproject.toml."""
+import sys
+from pathlib import Path
+
+import numpy as np
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+openmp = [] if sys.platform == "darwin" else ["-fopenmp"]
+compile_args = ["-O3", "-fno-math-errno", "-funroll-loops", *openmp]
+directives = {
+    "language_level": "3",
+    "boundscheck": False,
+    "wraparound": False,
+    "cdivision": True,
+    "initializedcheck": False,
+    "nonecheck": False,
+}
+
+
+def native(name: str, source: str) -> Extension:
+    return Extension(
+        name,
+        [source],
+        include_dirs=[np.get_include()],
+        extra_compile_args=compile_args,
+        extra_link_args=openmp,
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+    )
+
+
+NATIVE_MODULES = {
+    "ctrops.data._hashing": "src/ctrops/data/_hashing.pyx",
+    "ctrops.models._ffm": "src/ctrops/models/_ffm.pyx",
+    "ctrops.models._predict": "src/ctrops/models/_predict.pyx",
+    "ctrops.data._parse": "src/ctrops/data/_parse.pyx",
+}
+# a module is built once its source exists, so the tree builds at every step
+extensions = [native(name, src) for name, src in NATIVE_MODULES.items() if Path(src).exists()]
+
+setup(ext_modules=cythonize(extensions, compiler_directives=directives))

@@ -1,0 +1,1 @@
+"""artifact stage of ctrops."""

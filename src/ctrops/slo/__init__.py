@@ -1,0 +1,1 @@
+"""slo stage of ctrops."""
