@@ -1,4 +1,5 @@
 """Build the native kernels; all metadata lives in pyproject.toml."""
+import os
 import sys
 from pathlib import Path
 
@@ -36,6 +37,9 @@ NATIVE_MODULES = {
     "ctrops.data._parse": "src/ctrops/data/_parse.pyx",
 }
 # a module is built once its source exists, so the tree builds at every step
-extensions = [native(name, src) for name, src in NATIVE_MODULES.items() if Path(src).exists()]
+# CTROPS_BUILD_ONLY=ctrops.models._ffm limits a developer's rebuild to one module
+_only = {m for m in os.environ.get("CTROPS_BUILD_ONLY", "").split(",") if m}
+extensions = [native(name, src) for name, src in NATIVE_MODULES.items()
+              if Path(src).exists() and (not _only or name in _only)]
 
 setup(ext_modules=cythonize(extensions, compiler_directives=directives))
