@@ -170,9 +170,15 @@ def _weight_arrays(params: ModelParams, weight_dtype: str) -> dict[str, np.ndarr
     return out
 
 
-def _plan(header: dict, arrays: dict[str, np.ndarray]) -> tuple[bytes, list[SectionInfo], int]:
-    """Serialise the header with final section offsets (offsets depend on the header's own length)."""
-    digests = {name: _sha256(memoryview(arr).cast("B")) for name, arr in arrays.items()}
+def _plan(header: dict, arrays: dict[str, np.ndarray], *, hash_sections: bool = True
+          ) -> tuple[bytes, list[SectionInfo], int]:
+    """Serialise the header with final section offsets (offsets depend on the header's own length).
+
+    With hash_sections=False the checksums are placeholders of the same length: the
+    layout (and so the file size) is exact without reading the arrays.
+    """
+    digests = {name: _sha256(memoryview(arr).cast("B")) if hash_sections else "0" * 64
+               for name, arr in arrays.items()}
     data_start = _align(PREAMBLE_SIZE + 1024)
     while True:
         sections, pos = [], data_start
@@ -201,6 +207,42 @@ def save_model(path: str | os.PathLike, params: ModelParams, encoder_header: Map
     oversized model never reaches the disk or the delivery fleet.
     """
     path = Path(path)
+    header, arrays = _layout_inputs(params, encoder_header, encoder_arrays, metadata, dtype)
+    try:
+        blob, sections, file_size = _plan(header, arrays)
+    except (TypeError, ValueError) as exc:
+        raise ModelFileError(f"{path}: header is not JSON serialisable: {exc}") from exc
+    if max_bytes is not None and file_size > max_bytes:
+        raise ModelFileError(f"{path}: model file would be {file_size} bytes, over the limit of {max_bytes} bytes "
+                             f"(prune it, store dtype='float16' or raise max_bytes)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(PREAMBLE.pack(MAGIC, FORMAT_VERSION, 0, len(blob), hashlib.sha256(blob).digest(), b"\0" * 8))
+            fh.write(blob)
+            for sec in sections:
+                fh.write(b"\0" * (sec.offset - fh.tell()))
+                fh.write(memoryview(arrays[sec.name]).cast("B"))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return ModelFileInfo(path=path, nbytes=file_size, checksum=hashlib.sha256(blob).hexdigest(),
+                         weight_dtype=dtype, sections=tuple(sections))
+
+
+def file_size_of(parts: "ModelParts", dtype: str = "float32") -> int:
+    """Exact size in bytes `save_parts` would write, without hashing or writing anything."""
+    header, arrays = _layout_inputs(parts.params, parts.encoder_header, parts.encoder_arrays, parts.metadata, dtype)
+    return _plan(header, arrays, hash_sections=False)[2]
+
+
+def _layout_inputs(params: ModelParams, encoder_header: Mapping[str, Any], encoder_arrays: Mapping[str, np.ndarray],
+                   metadata: Mapping[str, Any] | None, dtype: str) -> tuple[dict, dict[str, np.ndarray]]:
+    """The header dict (without sections) and the arrays exactly as stored."""
     metadata = dict(metadata or {})
     arrays = _weight_arrays(params, dtype)
     for name, arr in encoder_arrays.items():
@@ -226,30 +268,7 @@ def save_model(path: str | os.PathLike, params: ModelParams, encoder_header: Map
         "params_extra": dict(params.extra),
         "metadata": metadata,
     }
-    try:
-        blob, sections, file_size = _plan(header, arrays)
-    except (TypeError, ValueError) as exc:
-        raise ModelFileError(f"{path}: header is not JSON serialisable: {exc}") from exc
-    if max_bytes is not None and file_size > max_bytes:
-        raise ModelFileError(f"{path}: model file would be {file_size} bytes, over the limit of {max_bytes} bytes "
-                             f"(prune it, store dtype='float16' or raise max_bytes)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(PREAMBLE.pack(MAGIC, FORMAT_VERSION, 0, len(blob), hashlib.sha256(blob).digest(), b"\0" * 8))
-            fh.write(blob)
-            for sec in sections:
-                fh.write(b"\0" * (sec.offset - fh.tell()))
-                fh.write(memoryview(arrays[sec.name]).cast("B"))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return ModelFileInfo(path=path, nbytes=file_size, checksum=hashlib.sha256(blob).hexdigest(),
-                         weight_dtype=dtype, sections=tuple(sections))
+    return header, arrays
 
 
 def save_parts(path: str | os.PathLike, parts: ModelParts, *, max_bytes: int | None = None,
@@ -522,8 +541,3 @@ def inspect_model(path: str | os.PathLike) -> dict[str, Any]:
         "metadata": header["metadata"],
         "sections": [{k: s[k] for k in ("name", "dtype", "shape", "nbytes", "offset")} for s in header["sections"]],
     }
-
-
-def iter_sections(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
-    """The section table of a file (header only), for tools and tests."""
-    yield from inspect_model(path)["sections"]
