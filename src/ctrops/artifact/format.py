@@ -133,7 +133,8 @@ def _json_default(obj: Any) -> Any:
 
 def _field_names(params: ModelParams, encoder_header: Mapping[str, Any], metadata: Mapping[str, Any]) -> list[str]:
     """Field names in field-number order, from the encoder header when it has them."""
-    for source in (encoder_header, metadata):
+    spec = encoder_header.get("spec")
+    for source in (encoder_header, spec if isinstance(spec, Mapping) else {}, metadata):
         names = source.get("field_names")
         if names is None and isinstance(source.get("fields"), list):
             names = [f.get("name") if isinstance(f, Mapping) else f for f in source["fields"]]

@@ -1,0 +1,221 @@
+"""Shrink a vocabulary-indexed model: drop near-zero features and retired values.
+
+The delivery server holds every weight in memory, so a file that only grows
+(new creatives every day, old ones never removed) eventually stalls it. Pruning
+removes rows of the weight arrays and their keys from the vocabulary table, then
+renumbers the remaining features densely. A dropped value is simply absent from
+the table afterwards, so the encoder sends it to its field's rare index
+(2*field + 1) -- exactly what happens to any value the model never saw.
+
+Hash-indexed models are refused: their feature index is `2*n_fields + key %
+hash_space`, computed by every reader, so a row cannot be removed without
+changing the index of every slot after it, and one slot mixes many raw values
+(dropping a creative would drop unrelated values sharing its slot). Shrink
+those by re-fitting with `indexing="vocab"` (typically several times smaller)
+or by saving with dtype="float16".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ctrops.artifact import vocab
+from ctrops.artifact.format import ModelFile, ModelParts, _field_names, file_size_of, load_model
+from ctrops.data.hashing import feature_key
+from ctrops.data.matrix import FieldMatrix
+from ctrops.errors import ConfigError, ModelFileError
+from ctrops.models.params import ModelParams
+
+# names the encoder uses for its open-addressing table (see docs/model-format.md)
+VOCAB_KEYS = "vocab_keys"
+VOCAB_VALUES = "vocab_values"
+_ROW_CHUNK = 1 << 16
+
+
+@dataclass
+class PruneReport:
+    """What pruning removed and what it cost."""
+
+    features_before: int
+    features_after: int
+    dropped_by_threshold: int
+    dropped_by_value: int
+    values_not_in_vocab: dict[str, list[str]]
+    bytes_before: int
+    bytes_after: int
+    valid_log_loss_before: float | None = None
+    valid_log_loss_after: float | None = None
+    index_map: np.ndarray | None = field(default=None, repr=False)  # old index -> new index, -1 = dropped
+
+    @property
+    def bytes_saved(self) -> int:
+        return self.bytes_before - self.bytes_after
+
+    @property
+    def features_dropped(self) -> int:
+        return self.features_before - self.features_after
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"features_before": self.features_before, "features_after": self.features_after,
+                "features_dropped": self.features_dropped, "dropped_by_threshold": self.dropped_by_threshold,
+                "dropped_by_value": self.dropped_by_value, "values_not_in_vocab": self.values_not_in_vocab,
+                "bytes_before": self.bytes_before, "bytes_after": self.bytes_after,
+                "bytes_saved": self.bytes_saved, "valid_log_loss_before": self.valid_log_loss_before,
+                "valid_log_loss_after": self.valid_log_loss_after}
+
+
+def find_vocab_table(encoder_arrays: Mapping[str, np.ndarray]) -> tuple[str, str]:
+    """Names of the (keys uint64, values int32) table arrays of a vocab-indexed encoder."""
+    if VOCAB_KEYS in encoder_arrays and VOCAB_VALUES in encoder_arrays:
+        return VOCAB_KEYS, VOCAB_VALUES
+    keys = [n for n, a in encoder_arrays.items() if a.dtype == np.uint64 and a.ndim == 1]
+    values = [n for n, a in encoder_arrays.items() if a.dtype == np.int32 and a.ndim == 1]
+    pairs = [(k, v) for k in keys for v in values if encoder_arrays[k].shape == encoder_arrays[v].shape]
+    if len(pairs) != 1:
+        raise ModelFileError(f"cannot find the vocabulary table among encoder arrays {sorted(encoder_arrays)} "
+                             f"(expected {VOCAB_KEYS!r} uint64 and {VOCAB_VALUES!r} int32 of one length)")
+    return pairs[0]
+
+
+def _as_parts(model: ModelFile | ModelParts | str | Path) -> tuple[ModelParts, int | None, str]:
+    if isinstance(model, (str, Path)):
+        model = load_model(model)
+    if isinstance(model, ModelFile):
+        return model.to_parts(), model.nbytes, model.weight_dtype
+    if isinstance(model, ModelParts):
+        return model, None, "float32"
+    raise TypeError(f"prune_model takes a ModelFile, ModelParts or path, got {type(model).__name__}")
+
+
+def _small_rows(params: ModelParams, threshold: float) -> np.ndarray:
+    """Rows whose linear weight and every latent value are strictly below `threshold` in magnitude."""
+    small = np.ones(params.n_features, dtype=bool)
+    if params.linear is not None:
+        small &= np.abs(params.linear) < threshold
+    if params.latent is not None:
+        flat = params.latent.reshape(params.n_features, -1)
+        for lo in range(0, params.n_features, _ROW_CHUNK):
+            hi = min(lo + _ROW_CHUNK, params.n_features)
+            small[lo:hi] &= (np.abs(flat[lo:hi]) < threshold).all(axis=1)
+    return small
+
+
+def _log_loss(y: np.ndarray, logit: np.ndarray, weights: np.ndarray | None) -> float:
+    """Mean log loss from logits (computed from the logit directly: no clipping needed)."""
+    z = np.asarray(logit, dtype=np.float64)
+    # -log sigmoid(z) = logaddexp(0, -z);  -log(1 - sigmoid(z)) = logaddexp(0, z)
+    loss = np.where(np.asarray(y) > 0.5, np.logaddexp(0.0, -z), np.logaddexp(0.0, z))
+    return float(np.average(loss, weights=weights))
+
+
+def _logits(params: ModelParams, X: FieldMatrix) -> np.ndarray:
+    try:
+        from ctrops.models.scoring import predict_logits  # the native path, once it exists
+    except ImportError:
+        from ctrops.models.reference import logits
+        return logits(params, X)
+    return np.asarray(predict_logits(params, X))
+
+
+def remap_matrix(X: FieldMatrix, index_map: np.ndarray, n_features: int) -> FieldMatrix:
+    """Re-index an encoded matrix for a pruned model: dropped features go to their field's rare index."""
+    new = index_map[X.indices]
+    dropped = new < 0
+    new = np.where(dropped, 2 * X.fields.astype(np.int64) + 1, new)
+    return FieldMatrix.from_arrays(X.indptr, X.fields, new, X.values, X.labels, X.n_fields, n_features, X.weights)
+
+
+def prune_model(model: ModelFile | ModelParts | str | Path, *, threshold: float = 0.0,
+                drop_values: Mapping[str, Sequence[Any]] | None = None,
+                valid: FieldMatrix | None = None) -> tuple[ModelParts, PruneReport]:
+    """Drop features of small weight (|w| < threshold for linear and every latent value)
+    and the features of retired raw values (field name -> values, e.g. creatives no
+    longer served), compact the arrays and rebuild the vocabulary table.
+
+    `threshold=0.0` drops nothing by magnitude. Reserved indices (missing/rare of
+    each field) are always kept. Values are matched as the encoder's tokens:
+    `feature_key(field_number, str(value), seed)`. With `valid` (encoded for the
+    input model), the report carries its log loss before and after pruning.
+    Bytes are reported for the input's storage dtype.
+    """
+    parts, nbytes_before, dtype = _as_parts(model)
+    params, header = parts.params, parts.encoder_header
+    indexing = header.get("indexing", "vocab")
+    if indexing != "vocab":
+        raise ConfigError(f"cannot prune a {indexing!r}-indexed model: its feature index is "
+                          f"2*n_fields + key % hash_space, so rows cannot be removed without renumbering "
+                          f"every hash slot, and one slot mixes many values; re-fit with indexing='vocab' "
+                          f"or save with dtype='float16' to shrink it")
+    if threshold < 0 or not np.isfinite(threshold):
+        raise ConfigError(f"prune threshold must be a finite number >= 0, got {threshold}")
+    keys_name, values_name = find_vocab_table(parts.encoder_arrays)
+    table_keys = np.asarray(parts.encoder_arrays[keys_name])
+    table_values = np.asarray(parts.encoder_arrays[values_name])
+    n, reserved = params.n_features, 2 * params.n_fields
+
+    drop = _small_rows(params, threshold) if threshold > 0 else np.zeros(n, dtype=bool)
+    drop[:reserved] = False
+    by_threshold = int(drop.sum())
+
+    missing: dict[str, list[str]] = {}
+    by_value = 0
+    if drop_values:
+        names = _field_names(params, header, parts.metadata)
+        seed = int(header.get("seed", 0))
+        for name, values in drop_values.items():
+            if name not in names:
+                raise ConfigError(f"drop_values names field {name!r}, which is not a field of this model "
+                                  f"(fields: {', '.join(names)})")
+            field_no = names.index(name)
+            tokens = [str(v) for v in values]
+            keys = np.array([feature_key(field_no, t, seed) for t in tokens], dtype=np.uint64)
+            idx = vocab.lookup(table_keys, table_values, keys)
+            missing_tokens = [t for t, i in zip(tokens, idx) if i < 0]
+            if missing_tokens:
+                missing[name] = missing_tokens
+            hit = idx[idx >= reserved]
+            by_value += int((~drop[hit]).sum())
+            drop[hit] = True
+
+    keep = ~drop
+    index_map = np.where(keep, np.cumsum(keep) - 1, -1).astype(np.int64)
+    n_after = int(keep.sum())
+    new_params = ModelParams(
+        model_type=params.model_type, n_features=n_after, n_fields=params.n_fields, k=params.k,
+        bias=params.bias, normalize=params.normalize, extra=dict(params.extra),
+        linear=None if params.linear is None else np.ascontiguousarray(params.linear[keep], dtype=np.float32),
+        latent=None if params.latent is None else np.ascontiguousarray(params.latent[keep], dtype=np.float32))
+
+    old_keys, old_values = vocab.table_entries(table_keys, table_values)
+    kept = keep[old_values]
+    new_keys, new_values = vocab.build_table(old_keys[kept], index_map[old_values[kept]])
+    arrays = dict(parts.encoder_arrays)
+    arrays[keys_name], arrays[values_name] = new_keys, new_values
+    new_header = dict(header)
+    for count_key in ("n_features",):
+        if count_key in new_header:
+            new_header[count_key] = n_after
+    if "vocab_size" in new_header:
+        new_header["vocab_size"] = int(kept.sum())
+    metadata = dict(parts.metadata)
+    metadata["pruning"] = {"threshold": threshold, "dropped_by_threshold": by_threshold,
+                           "dropped_by_value": by_value, "features_before": n, "features_after": n_after}
+    pruned = ModelParts(new_params, new_header, arrays, metadata)
+
+    report = PruneReport(
+        features_before=n, features_after=n_after, dropped_by_threshold=by_threshold, dropped_by_value=by_value,
+        values_not_in_vocab=missing,
+        bytes_before=nbytes_before if nbytes_before is not None else file_size_of(parts, dtype),
+        bytes_after=file_size_of(pruned, dtype), index_map=index_map)
+    if valid is not None:
+        if valid.n_fields != params.n_fields or int(valid.indices.max(initial=0)) >= n:
+            raise ConfigError(f"valid matrix ({valid.n_fields} fields, max index {int(valid.indices.max(initial=0))}) "
+                              f"was not encoded for this model ({params.n_fields} fields, {n} features)")
+        report.valid_log_loss_before = _log_loss(valid.labels, _logits(params, valid), valid.weights)
+        after = remap_matrix(valid, index_map, n_after)
+        report.valid_log_loss_after = _log_loss(after.labels, _logits(new_params, after), after.weights)
+    return pruned, report
