@@ -1,0 +1,241 @@
+"""The ASGI prediction app: /v1/predict, health, readiness, metrics, admin reload.
+
+Starlette supplies routing and lifespan only; the predict handler parses JSON
+with the standard library, validates by hand (schema.py), scores on the event
+loop thread (100 candidates take well under a millisecond, less than a thread
+hop would cost) and hands logging to a background writer. Nothing on this path
+allocates per candidate beyond the response itself.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+from contextlib import asynccontextmanager
+from typing import Any
+
+import numpy as np
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ctrops.errors import CtropsError, DataError
+from ctrops.serve.config import ServingConfig
+from ctrops.serve.loader import ModelStore, ServingLoader
+from ctrops.serve.logging_sink import PredictionLog, RequestLog
+from ctrops.serve.metrics import ServerMetrics
+from ctrops.serve.schema import RequestError, openapi_document, parse_json, validate_predict
+from ctrops.serve.tracking import TrackingIds
+
+log = logging.getLogger("ctrops.serve.app")
+_JSON = "application/json"
+_dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+
+def _error(status: int, kind: str, message: str) -> Response:
+    return Response(_dumps({"error": kind, "message": message}).encode(), status_code=status, media_type=_JSON)
+
+
+def build_loader(config: ServingConfig, metrics: ServerMetrics | None = None) -> ServingLoader:
+    m = config.model
+    store = ModelStore(m.storage, m.name, cache_dir=m.cache_dir, max_bytes=m.max_bytes,
+                       canary_tolerance=m.canary_tolerance, require_canary=m.require_canary)
+    return ServingLoader(store, config.load_experiment, metrics=metrics, poll_seconds=m.poll_seconds)
+
+
+class PredictionService:
+    """The request logic, separate from HTTP so tests and in-process users can call `handle` directly."""
+
+    def __init__(self, config: ServingConfig, loader: ServingLoader, metrics: ServerMetrics,
+                 prediction_log: PredictionLog | None) -> None:
+        self.config = config
+        self.loader = loader
+        self.metrics = metrics
+        self.log = prediction_log
+        self.limits = config.limits
+        self.ids = TrackingIds()
+        self.rng = np.random.default_rng()
+        self.debug_every = config.log.debug_every if config.log is not None else 0
+        self.requests = 0
+        self._arm_counters: dict[str, Any] = {}
+
+    def handle(self, body: bytes) -> tuple[int, bytes]:
+        """Score one request body; returns (HTTP status, JSON bytes)."""
+        t0 = time.perf_counter()
+        try:
+            status, out = 200, self._predict(body)
+        except RequestError as exc:
+            self.metrics.errors.labels(exc.kind if exc.status != 422 else "invalid_request").inc()
+            status, out = exc.status, _dumps({"error": exc.kind, "message": exc.message}).encode()
+        except Exception as exc:  # never leak a traceback to the ad server; log it here
+            log.exception("predict failed")
+            self.metrics.errors.labels("internal").inc()
+            status = 500
+            out = _dumps({"error": "internal", "message": f"{type(exc).__name__}: {exc}"}).encode()
+        self.metrics.latency.observe(time.perf_counter() - t0)
+        return status, out
+
+    def _predict(self, body: bytes) -> bytes:
+        if len(body) > self.limits.max_body_bytes:
+            raise RequestError(413, "body_too_large", f"the body is {len(body)} bytes; the limit is "
+                                                      f"{self.limits.max_body_bytes}")
+        req = validate_predict(parse_json(body), self.limits)
+        state = self.loader.state
+        if state is None:
+            raise RequestError(503, "not_ready", self.loader.startup_error or "no model loaded yet")
+        now_ms = int(time.time() * 1000)
+        prefix = self.ids.prefix(now_ms)
+        request_id = req.request_id or prefix
+        unit_id = req.user_id or request_id
+        arm = state.assigner.assign(unit_id)
+        n = len(req.candidate_ids)
+        if arm.random:
+            predictor = None
+            scores = self.rng.random(n)
+            version = None
+        else:
+            predictor = state.arms[arm.name].predictor
+            if predictor is None:
+                raise RequestError(503, "not_ready", f"arm {arm.name!r} has no model loaded")
+            try:
+                scores = predictor.score(req.context, req.candidate_fields)
+            except (DataError, CtropsError, TypeError, ValueError) as exc:
+                raise RequestError(422, "invalid_request", f"cannot encode the request: {exc}") from None
+            version = predictor.model_version
+        order = np.argsort(-scores, kind="stable")
+        if req.top_k is not None and req.top_k < n:
+            order = order[:req.top_k]
+        ids = req.candidate_ids
+        score_list = scores.tolist()
+        out = [{"id": ids[pos], "score": score_list[pos], "rank": rank, "tracking_id": f"{prefix}{pos:04x}"}
+               for rank, pos in enumerate(order.tolist(), 1)]
+        body_out = _dumps({"request_id": request_id, "experiment": state.experiment.name, "arm": arm.name,
+                           "model_version": version, "candidates": out}).encode()
+        counter = self._arm_counters.get(arm.name)
+        if counter is None:
+            counter = self._arm_counters[arm.name] = self.metrics.predictions.labels(arm.name)
+        counter.inc()
+        self.metrics.candidates.inc(n)
+        self.requests += 1
+        if self.log is not None:
+            self.log.submit(RequestLog(
+                now_ms, request_id, unit_id, state.experiment.name, arm.name,
+                self.loader.store.model_name, version, prefix, ids, scores, order,
+                req.candidate_passthrough, req.passthrough))
+            if self.debug_every and predictor is not None and self.requests % self.debug_every == 0:
+                self._debug(predictor, req, prefix, request_id, arm.name, int(order[0]), now_ms)
+        return body_out
+
+    def _debug(self, predictor: Any, req: Any, prefix: str, request_id: str, arm: str, pos: int,
+               now_ms: int) -> None:
+        try:
+            record = {"schema": 1, "kind": "debug", "ts_ms": now_ms, "request_id": request_id, "arm": arm,
+                      "tracking_id": f"{prefix}{pos:04x}", "candidate_id": req.candidate_ids[pos],
+                      "context": req.context, "candidate": req.candidate_fields[pos],
+                      "explain": predictor.explain(req.context, req.candidate_fields[pos])}
+            self.log.submit_debug(record)
+        except Exception:
+            log.exception("debug explain failed (request %s)", request_id)
+
+
+def create_app(config: ServingConfig, *, loader: ServingLoader | None = None,
+               prediction_log: PredictionLog | None = None, metrics: ServerMetrics | None = None,
+               start_background: bool = True) -> Starlette:
+    """Build the app; `loader` / `prediction_log` may be injected (tests, embedding)."""
+    metrics = metrics or ServerMetrics()
+    loader = loader or build_loader(config, metrics)
+    if loader.metrics is None:
+        loader.metrics = metrics
+    if prediction_log is None and config.log is not None:
+        prediction_log = PredictionLog(config.log, metrics)
+    service = PredictionService(config, loader, metrics, prediction_log)
+    token = config.server.resolved_admin_token()
+    from ctrops import __version__ as ctrops_version
+    openapi = _dumps(openapi_document(config.limits, str(ctrops_version))).encode()
+    max_body = config.limits.max_body_bytes
+
+    async def predict(request: Request) -> Response:
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > max_body:
+            metrics.errors.labels("body_too_large").inc()
+            return _error(413, "body_too_large", f"the body is {length} bytes; the limit is {max_body}")
+        body = await request.body()
+        status, out = service.handle(body)
+        return Response(out, status_code=status, media_type=_JSON)
+
+    async def healthz(request: Request) -> Response:
+        return Response(b'{"status":"alive"}', media_type=_JSON)
+
+    async def readyz(request: Request) -> Response:
+        state = loader.state
+        if state is None:
+            return JSONResponse({"ready": False, "message": loader.startup_error or "no model loaded yet"},
+                                status_code=503)
+        body = {"ready": state.ready, "experiment": state.experiment.name, "model_name": loader.store.model_name,
+                "arms": {n: {"share": am.arm.share, "model": am.arm.model, "random": am.arm.random,
+                             "requested_version": am.requested_version,
+                             "serving_version": am.predictor.model_version if am.predictor is not None else None,
+                             "problem": am.problem} for n, am in state.arms.items()}}
+        if not state.ready:
+            body["message"] = "; ".join(state.problems)
+        return JSONResponse(body, status_code=200 if state.ready else 503)
+
+    async def metrics_endpoint(request: Request) -> Response:
+        if prediction_log is not None:
+            metrics.log_queue_depth.set(prediction_log.depth)
+        return Response(metrics.render(), media_type=metrics.content_type)
+
+    async def openapi_endpoint(request: Request) -> Response:
+        return Response(openapi, media_type=_JSON)
+
+    async def admin_reload(request: Request) -> Response:
+        if not token:
+            metrics.errors.labels("unauthorized").inc()
+            return _error(403, "admin_disabled", f"admin endpoints are disabled: set server.admin_token or "
+                                                 f"${config.server.admin_token_env}")
+        auth = request.headers.get("authorization", "")
+        scheme, _, given = auth.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+            metrics.errors.labels("unauthorized").inc()
+            return Response(_dumps({"error": "unauthorized", "message": "send 'Authorization: Bearer <token>'"})
+                            .encode(), status_code=401, media_type=_JSON,
+                            headers={"WWW-Authenticate": "Bearer"})
+        import anyio
+        result = await anyio.to_thread.run_sync(loader.reload)
+        return JSONResponse(result.to_dict(), status_code=409 if result.outcome == "failure" else 200)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette):
+        service.ids.reseed()  # distinct per worker process (lifespan runs after fork)
+        if start_background:
+            import anyio
+            if loader.state is None:
+                await anyio.to_thread.run_sync(loader.reload)
+            if prediction_log is not None:
+                prediction_log.start()
+            loader.start_watcher()
+        try:
+            yield
+        finally:
+            if start_background:
+                loader.stop_watcher()
+                if prediction_log is not None:
+                    prediction_log.close(timeout=config.server.shutdown_timeout)
+
+    routes = [
+        Route("/v1/predict", predict, methods=["POST"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+        Route("/openapi.json", openapi_endpoint, methods=["GET"]),
+        Route("/admin/reload", admin_reload, methods=["POST"]),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.service = service
+    app.state.loader = loader
+    app.state.prediction_log = prediction_log
+    app.state.metrics = metrics
+    return app
