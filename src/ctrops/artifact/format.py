@@ -161,7 +161,8 @@ def _weight_arrays(params: ModelParams, weight_dtype: str) -> dict[str, np.ndarr
         if bad is not None:
             raise ModelFileError(f"refusing to save a model whose {name} weights hold a non-finite value "
                                  f"at flat index {bad}")
-        stored = _le(np.asarray(arr), WEIGHT_DTYPES[weight_dtype])
+        with np.errstate(over="ignore"):  # float16 overflow is reported below, with the value
+            stored = _le(np.asarray(arr), WEIGHT_DTYPES[weight_dtype])
         if weight_dtype == "float16":
             bad = _first_nonfinite(stored)
             if bad is not None:
