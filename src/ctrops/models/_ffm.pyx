@@ -1,0 +1,636 @@
+# cython: language_level=3
+"""Native training and scoring kernels of the factorization-machine family.
+
+Everything here runs without the GIL over raw arrays. Two weight layouts meet:
+
+* the *model* layout of `params.py`: FFM latent [n_features, n_fields, k],
+  FM latent [n_features, k], linear [n_features] (what files store and the
+  server scores with);
+* the *training* layout: the same blocks with each k-vector of weights
+  followed by its k AdaGrad accumulators, i.e. [n_features, n_fields, 2k] for
+  FFM and [n_features, 2k] for FM, linear [n_features, 2]. One update reads a
+  weight and its accumulator from one cache line, as LIBFFM arranges it.
+
+Scoring functions take the layout as strides (floats per feature `sj`, floats
+per field `sf`), so the same code scores the model layout and, during early
+stopping, the training layout without a copy.
+
+The pair loops for k a multiple of 4 use SSE (present on every x86-64 CPU);
+the AdaGrad step uses the approximate reciprocal square root (`rsqrtps`) like
+LIBFFM, since exact sqrt+div per pair would double the epoch time. Any other k
+and non-x86 machines take a scalar path with the same arithmetic order.
+"""
+
+from libc.math cimport exp, log1p, sqrt, fabs
+from libc.stdint cimport int32_t, int64_t
+from cython.parallel cimport prange
+cimport numpy as cnp
+import numpy as np
+
+cnp.import_array()
+
+cdef extern from *:
+    """
+    #include <math.h>
+    #include <stdint.h>
+    #if defined(__SSE__) || defined(_M_X64) || defined(_M_AMD64)
+    #include <xmmintrin.h>
+    #define CTR_SSE 1
+    #else
+    #define CTR_SSE 0
+    #endif
+    #define CTR_MAXK 256
+
+    #if CTR_SSE
+    static inline float ctr_hsum(__m128 v) {
+        __m128 s = _mm_add_ps(v, _mm_movehl_ps(v, v));
+        s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        return _mm_cvtss_f32(s);
+    }
+    /* soft threshold: sign(w) * max(|w| - t, 0) */
+    static inline __m128 ctr_shrink(__m128 w, __m128 t) {
+        const __m128 sign_mask = _mm_set1_ps(-0.0f);
+        __m128 sign = _mm_and_ps(w, sign_mask);
+        __m128 mag = _mm_max_ps(_mm_sub_ps(_mm_andnot_ps(sign_mask, w), t), _mm_setzero_ps());
+        return _mm_or_ps(mag, sign);
+    }
+    #endif
+
+    static inline float ctr_shrink1(float w, float t) {
+        float m = fabsf(w) - t;
+        if (m <= 0.0f) return 0.0f;
+        return w < 0.0f ? -m : m;
+    }
+
+    /* FFM: sum over a<b of <W[j_a, f_b], W[j_b, f_a]> x_a x_b */
+    static inline float ctr_ffm_pairs(const int32_t* f, const int32_t* j, const float* x, Py_ssize_t n,
+                                      const float* W, Py_ssize_t sj, Py_ssize_t sf, int k) {
+        Py_ssize_t a, b;
+        int d;
+    #if CTR_SSE
+        if ((k & 3) == 0) {
+            __m128 acc = _mm_setzero_ps();
+            for (a = 0; a < n; a++) {
+                const float* wa = W + (Py_ssize_t)j[a] * sj;
+                const Py_ssize_t fa = (Py_ssize_t)f[a] * sf;
+                const float xa = x[a];
+                for (b = a + 1; b < n; b++) {
+                    const float* p1 = wa + (Py_ssize_t)f[b] * sf;
+                    const float* p2 = W + (Py_ssize_t)j[b] * sj + fa;
+                    const __m128 v = _mm_set1_ps(xa * x[b]);
+                    for (d = 0; d < k; d += 4)
+                        acc = _mm_add_ps(acc, _mm_mul_ps(v, _mm_mul_ps(_mm_loadu_ps(p1 + d), _mm_loadu_ps(p2 + d))));
+                }
+            }
+            return ctr_hsum(acc);
+        }
+    #endif
+        float acc = 0.0f;
+        for (a = 0; a < n; a++) {
+            const float* wa = W + (Py_ssize_t)j[a] * sj;
+            const Py_ssize_t fa = (Py_ssize_t)f[a] * sf;
+            for (b = a + 1; b < n; b++) {
+                const float* p1 = wa + (Py_ssize_t)f[b] * sf;
+                const float* p2 = W + (Py_ssize_t)j[b] * sj + fa;
+                float dot = 0.0f;
+                for (d = 0; d < k; d++) dot += p1[d] * p2[d];
+                acc += dot * x[a] * x[b];
+            }
+        }
+        return acc;
+    }
+
+    /* FFM: sum over a in A, b in B of <W[j_a, f_b], W[j_b, f_a]> x_a x_b (candidate x context) */
+    static inline float ctr_ffm_cross(const int32_t* fA, const int32_t* jA, const float* xA, Py_ssize_t nA,
+                                      const int32_t* fB, const int32_t* jB, const float* xB, Py_ssize_t nB,
+                                      const float* W, Py_ssize_t sj, Py_ssize_t sf, int k) {
+        Py_ssize_t a, b;
+        int d;
+    #if CTR_SSE
+        if ((k & 3) == 0) {
+            __m128 acc = _mm_setzero_ps();
+            for (a = 0; a < nA; a++) {
+                const float* wa = W + (Py_ssize_t)jA[a] * sj;
+                const Py_ssize_t fa = (Py_ssize_t)fA[a] * sf;
+                const float xa = xA[a];
+                for (b = 0; b < nB; b++) {
+                    const float* p1 = wa + (Py_ssize_t)fB[b] * sf;
+                    const float* p2 = W + (Py_ssize_t)jB[b] * sj + fa;
+                    const __m128 v = _mm_set1_ps(xa * xB[b]);
+                    for (d = 0; d < k; d += 4)
+                        acc = _mm_add_ps(acc, _mm_mul_ps(v, _mm_mul_ps(_mm_loadu_ps(p1 + d), _mm_loadu_ps(p2 + d))));
+                }
+            }
+            return ctr_hsum(acc);
+        }
+    #endif
+        float acc = 0.0f;
+        for (a = 0; a < nA; a++) {
+            const float* wa = W + (Py_ssize_t)jA[a] * sj;
+            const Py_ssize_t fa = (Py_ssize_t)fA[a] * sf;
+            for (b = 0; b < nB; b++) {
+                const float* p1 = wa + (Py_ssize_t)fB[b] * sf;
+                const float* p2 = W + (Py_ssize_t)jB[b] * sj + fa;
+                float dot = 0.0f;
+                for (d = 0; d < k; d++) dot += p1[d] * p2[d];
+                acc += dot * xA[a] * xB[b];
+            }
+        }
+        return acc;
+    }
+
+    /* FFM AdaGrad step for every pair of a row, training layout (block = k weights, k accumulators).
+       kr = dloss/dt * r; both vectors of a pair are updated from their values before the step. */
+    static inline void ctr_ffm_update(const int32_t* f, const int32_t* j, const float* x, Py_ssize_t n,
+                                      float* W, Py_ssize_t sj, Py_ssize_t sf, int k,
+                                      float kr, float eta, float lam, float l1) {
+        Py_ssize_t a, b;
+        int d;
+    #if CTR_SSE
+        if ((k & 3) == 0) {
+            const __m128 vlam = _mm_set1_ps(lam), veta = _mm_set1_ps(eta), vl1 = _mm_set1_ps(l1);
+            for (a = 0; a < n; a++) {
+                float* wa = W + (Py_ssize_t)j[a] * sj;
+                const Py_ssize_t fa = (Py_ssize_t)f[a] * sf;
+                const float xa = x[a];
+                for (b = a + 1; b < n; b++) {
+                    float* w1 = wa + (Py_ssize_t)f[b] * sf;
+                    float* w2 = W + (Py_ssize_t)j[b] * sj + fa;
+                    const __m128 v = _mm_set1_ps(kr * xa * x[b]);
+                    for (d = 0; d < k; d += 4) {
+                        __m128 W1 = _mm_loadu_ps(w1 + d), W2 = _mm_loadu_ps(w2 + d);
+                        __m128 G1 = _mm_loadu_ps(w1 + k + d), G2 = _mm_loadu_ps(w2 + k + d);
+                        __m128 g1 = _mm_add_ps(_mm_mul_ps(vlam, W1), _mm_mul_ps(v, W2));
+                        __m128 g2 = _mm_add_ps(_mm_mul_ps(vlam, W2), _mm_mul_ps(v, W1));
+                        G1 = _mm_add_ps(G1, _mm_mul_ps(g1, g1));
+                        G2 = _mm_add_ps(G2, _mm_mul_ps(g2, g2));
+                        __m128 s1 = _mm_mul_ps(veta, _mm_rsqrt_ps(G1));
+                        __m128 s2 = _mm_mul_ps(veta, _mm_rsqrt_ps(G2));
+                        W1 = _mm_sub_ps(W1, _mm_mul_ps(s1, g1));
+                        W2 = _mm_sub_ps(W2, _mm_mul_ps(s2, g2));
+                        if (l1 > 0.0f) {
+                            W1 = ctr_shrink(W1, _mm_mul_ps(s1, vl1));
+                            W2 = ctr_shrink(W2, _mm_mul_ps(s2, vl1));
+                        }
+                        _mm_storeu_ps(w1 + k + d, G1);
+                        _mm_storeu_ps(w2 + k + d, G2);
+                        _mm_storeu_ps(w1 + d, W1);
+                        _mm_storeu_ps(w2 + d, W2);
+                    }
+                }
+            }
+            return;
+        }
+    #endif
+        for (a = 0; a < n; a++) {
+            float* wa = W + (Py_ssize_t)j[a] * sj;
+            const Py_ssize_t fa = (Py_ssize_t)f[a] * sf;
+            for (b = a + 1; b < n; b++) {
+                float* w1 = wa + (Py_ssize_t)f[b] * sf;
+                float* w2 = W + (Py_ssize_t)j[b] * sj + fa;
+                const float v = kr * x[a] * x[b];
+                for (d = 0; d < k; d++) {
+                    float W1 = w1[d], W2 = w2[d];
+                    float g1 = lam * W1 + v * W2, g2 = lam * W2 + v * W1;
+                    float G1 = w1[k + d] + g1 * g1, G2 = w2[k + d] + g2 * g2;
+                    float s1 = eta / sqrtf(G1), s2 = eta / sqrtf(G2);
+                    W1 -= s1 * g1;
+                    W2 -= s2 * g2;
+                    if (l1 > 0.0f) { W1 = ctr_shrink1(W1, s1 * l1); W2 = ctr_shrink1(W2, s2 * l1); }
+                    w1[k + d] = G1; w2[k + d] = G2;
+                    w1[d] = W1; w2[d] = W2;
+                }
+            }
+        }
+    }
+
+    /* FM: add sum_a W[j_a] x_a into S[0:k] and sum_a |W[j_a]|^2 x_a^2 into *sq */
+    static inline void ctr_fm_sums(const int32_t* j, const float* x, Py_ssize_t n,
+                                   const float* W, Py_ssize_t sj, int k, double* S, double* sq) {
+        Py_ssize_t a;
+        int d;
+        double q = 0.0;
+        for (a = 0; a < n; a++) {
+            const float* w = W + (Py_ssize_t)j[a] * sj;
+            const double xa = x[a];
+            for (d = 0; d < k; d++) {
+                const double t = w[d] * xa;
+                S[d] += t;
+                q += t * t;
+            }
+        }
+        *sq += q;
+    }
+
+    static inline double ctr_fm_pairs(const int32_t* j, const float* x, Py_ssize_t n,
+                                      const float* W, Py_ssize_t sj, int k) {
+        double S[CTR_MAXK];
+        double sq = 0.0, tot = 0.0;
+        int d;
+        for (d = 0; d < k; d++) S[d] = 0.0;
+        ctr_fm_sums(j, x, n, W, sj, k, S, &sq);
+        for (d = 0; d < k; d++) tot += S[d] * S[d];
+        return 0.5 * (tot - sq);
+    }
+
+    /* FM AdaGrad step, training layout [n_features, 2k]: d pair / d v_a = x_a (S - v_a x_a) */
+    static inline void ctr_fm_update(const int32_t* j, const float* x, Py_ssize_t n,
+                                     float* W, Py_ssize_t sj, int k,
+                                     float kr, float eta, float lam, float l1) {
+        double S[CTR_MAXK];
+        double sq = 0.0;
+        Py_ssize_t a;
+        int d;
+        for (d = 0; d < k; d++) S[d] = 0.0;
+        ctr_fm_sums(j, x, n, W, sj, k, S, &sq);
+        for (a = 0; a < n; a++) {
+            float* w = W + (Py_ssize_t)j[a] * sj;
+            const float xa = x[a];
+            for (d = 0; d < k; d++) {
+                const float wd = w[d];
+                const float g = lam * wd + kr * xa * (float)(S[d] - (double)wd * xa);
+                const float G = w[k + d] + g * g;
+                const float s = eta / sqrtf(G);
+                float nw = wd - s * g;
+                if (l1 > 0.0f) nw = ctr_shrink1(nw, s * l1);
+                w[k + d] = G;
+                w[d] = nw;
+            }
+        }
+    }
+    """
+    int CTR_MAXK
+    float ctr_ffm_pairs(const int32_t* f, const int32_t* j, const float* x, Py_ssize_t n,
+                        const float* W, Py_ssize_t sj, Py_ssize_t sf, int k) noexcept nogil
+    float ctr_ffm_cross(const int32_t* fA, const int32_t* jA, const float* xA, Py_ssize_t nA,
+                        const int32_t* fB, const int32_t* jB, const float* xB, Py_ssize_t nB,
+                        const float* W, Py_ssize_t sj, Py_ssize_t sf, int k) noexcept nogil
+    void ctr_ffm_update(const int32_t* f, const int32_t* j, const float* x, Py_ssize_t n,
+                        float* W, Py_ssize_t sj, Py_ssize_t sf, int k,
+                        float kr, float eta, float lam, float l1) noexcept nogil
+    void ctr_fm_sums(const int32_t* j, const float* x, Py_ssize_t n,
+                     const float* W, Py_ssize_t sj, int k, double* S, double* sq) noexcept nogil
+    double ctr_fm_pairs(const int32_t* j, const float* x, Py_ssize_t n,
+                        const float* W, Py_ssize_t sj, int k) noexcept nogil
+    void ctr_fm_update(const int32_t* j, const float* x, Py_ssize_t n,
+                       float* W, Py_ssize_t sj, int k,
+                       float kr, float eta, float lam, float l1) noexcept nogil
+    float ctr_shrink1(float w, float t) noexcept nogil
+
+
+MAX_K = CTR_MAXK
+MODEL_CODES = {"ffm": 0, "fm": 1, "lr": 2}
+
+# batches below this many rows are scored on the calling thread only
+PARALLEL_MIN_ROWS = 2048
+
+
+cdef inline double _sigmoid(double z) noexcept nogil:
+    if z >= 0:
+        return 1.0 / (1.0 + exp(-z))
+    cdef double e = exp(z)
+    return e / (1.0 + e)
+
+
+cdef inline double _logistic_step(double t, float label, double weight, double* kappa) noexcept nogil:
+    """Weighted log loss of logit t for a 0/1 label; writes d loss / d t into kappa."""
+    cdef double y = 1.0 if label > 0.5 else -1.0
+    cdef double m = -y * t          # loss = log(1 + exp(m))
+    cdef double e, loss, wrong
+    if m > 0:
+        e = exp(-m)
+        loss = m + log1p(e)
+        wrong = 1.0 / (1.0 + e)
+    else:
+        e = exp(m)
+        loss = log1p(e)
+        wrong = e / (1.0 + e)
+    kappa[0] = -y * wrong * weight
+    return loss * weight
+
+
+cdef inline double _row_scale(const float* x, Py_ssize_t n, bint normalize) noexcept nogil:
+    cdef double ss = 0.0
+    cdef Py_ssize_t a
+    if not normalize:
+        return 1.0
+    for a in range(n):
+        ss = ss + <double>x[a] * x[a]
+    return 1.0 / ss if ss > 0 else 1.0
+
+
+cdef inline double _linear_sum(const int32_t* j, const float* x, Py_ssize_t n,
+                               const float* lin, Py_ssize_t stride) noexcept nogil:
+    cdef double s = 0.0
+    cdef Py_ssize_t a
+    for a in range(n):
+        s = s + <double>lin[<Py_ssize_t>j[a] * stride] * x[a]
+    return s
+
+
+cdef inline void _adagrad_linear(const int32_t* j, const float* x, Py_ssize_t n, float* lin,
+                                 float kappa, float eta, float lam, float l1) noexcept nogil:
+    """AdaGrad on linear weights stored as (w, G) pairs."""
+    cdef Py_ssize_t a
+    cdef float* p
+    cdef float g, G, s, w
+    for a in range(n):
+        p = lin + 2 * <Py_ssize_t>j[a]
+        w = p[0]
+        g = lam * w + kappa * x[a]
+        G = p[1] + g * g
+        s = eta / <float>sqrt(G)
+        w = w - s * g
+        if l1 > 0:
+            w = ctr_shrink1(w, s * l1)
+        p[1] = G
+        p[0] = w
+
+
+cdef inline void _adagrad_bias(double* b, double kappa, double eta) noexcept nogil:
+    b[1] = b[1] + kappa * kappa
+    b[0] = b[0] - eta / sqrt(b[1]) * kappa
+
+
+def fm_family_epoch(int model_code,
+                    const int64_t[::1] indptr, const int32_t[::1] fields, const int32_t[::1] indices,
+                    const float[::1] values, const float[::1] labels, const float[::1] weights,
+                    const int64_t[::1] order,
+                    float[::1] latent_state, int n_fields, int k,
+                    float[::1] linear_state, double[::1] bias_state,
+                    float eta, float lam, float l1, bint normalize, int n_threads):
+    """One AdaGrad epoch of FFM (model_code 0) or FM (1) over rows in `order`.
+
+    latent_state is the flattened training layout; linear_state ((w, G) per
+    feature) and bias_state ((b, G)) may be empty to disable those terms;
+    weights may be empty (all rows weigh 1). Rows are split over `n_threads`
+    without locks (Hogwild); with one thread the result is deterministic.
+    Returns (weighted loss sum, weight sum) measured before each row's update.
+    """
+    cdef Py_ssize_t n_order = order.shape[0]
+    cdef Py_ssize_t p, i, lo, n
+    cdef Py_ssize_t sf = 2 * k
+    cdef Py_ssize_t sj = (<Py_ssize_t>n_fields * sf) if model_code == 0 else 2 * k
+    cdef bint has_lin = linear_state.shape[0] > 0
+    cdef bint has_bias = bias_state.shape[0] > 0
+    cdef bint has_w = weights.shape[0] > 0
+    cdef double loss = 0.0, wsum = 0.0
+    cdef double r, t, wt, kappa
+    cdef float* W = &latent_state[0]
+    cdef float* L = &linear_state[0] if has_lin else NULL
+    cdef double* B = &bias_state[0] if has_bias else NULL
+    if n_order == 0:
+        return 0.0, 0.0
+    for p in prange(n_order, nogil=True, num_threads=max(n_threads, 1), schedule="dynamic", chunksize=64):
+        i = order[p]
+        lo = indptr[i]
+        n = indptr[i + 1] - lo
+        wt = weights[i] if has_w else 1.0
+        r = _row_scale(&values[lo], n, normalize)
+        if model_code == 0:
+            t = r * ctr_ffm_pairs(&fields[lo], &indices[lo], &values[lo], n, W, sj, sf, k)
+        else:
+            t = r * ctr_fm_pairs(&indices[lo], &values[lo], n, W, sj, k)
+        if has_lin:
+            t = t + _linear_sum(&indices[lo], &values[lo], n, L, 2)
+        if has_bias:
+            t = t + B[0]
+        loss += _logistic_step(t, labels[i], wt, &kappa)
+        wsum += wt
+        if model_code == 0:
+            ctr_ffm_update(&fields[lo], &indices[lo], &values[lo], n, W, sj, sf, k,
+                           <float>(kappa * r), eta, lam, l1)
+        else:
+            ctr_fm_update(&indices[lo], &values[lo], n, W, sj, k, <float>(kappa * r), eta, lam, l1)
+        if has_lin:
+            _adagrad_linear(&indices[lo], &values[lo], n, L, <float>kappa, eta, lam, l1)
+        if has_bias:
+            _adagrad_bias(B, kappa, eta)
+    return loss, wsum
+
+
+cdef inline double _ftrl_weight(double z, double nn, double alpha, double beta,
+                                double l1, double l2) noexcept nogil:
+    if fabs(z) <= l1:
+        return 0.0
+    cdef double s = -1.0 if z < 0 else 1.0
+    return -(z - s * l1) / ((beta + sqrt(nn)) / alpha + l2)
+
+
+cdef inline void _ftrl_update(double* zn, double g, double w, double alpha) noexcept nogil:
+    cdef double n_new = zn[1] + g * g
+    cdef double sigma = (sqrt(n_new) - sqrt(zn[1])) / alpha
+    zn[0] = zn[0] + g - sigma * w
+    zn[1] = n_new
+
+
+def lr_ftrl_epoch(const int64_t[::1] indptr, const int32_t[::1] indices,
+                  const float[::1] values, const float[::1] labels, const float[::1] weights,
+                  const int64_t[::1] order,
+                  double[::1] zn, double[::1] bias_zn,
+                  double alpha, double beta, double l1, double l2, int n_threads):
+    """One FTRL-proximal epoch of logistic regression (McMahan et al. 2013).
+
+    zn holds (z, n) per feature; bias_zn (z, n) of the bias (empty: no bias;
+    the bias gets no L1/L2). Weights are derived from (z, n) on the fly, so an
+    L1 above |z| yields exact zeros. Returns (weighted loss sum, weight sum).
+    """
+    cdef Py_ssize_t n_order = order.shape[0]
+    cdef Py_ssize_t p, i, lo, n, a
+    cdef bint has_bias = bias_zn.shape[0] > 0
+    cdef bint has_w = weights.shape[0] > 0
+    cdef double loss = 0.0, wsum = 0.0
+    cdef double t, wt, kappa, w
+    cdef double* Z = &zn[0]
+    cdef double* BZ = &bias_zn[0] if has_bias else NULL
+    cdef double* q
+    if n_order == 0:
+        return 0.0, 0.0
+    for p in prange(n_order, nogil=True, num_threads=max(n_threads, 1), schedule="dynamic", chunksize=256):
+        i = order[p]
+        lo = indptr[i]
+        n = indptr[i + 1] - lo
+        wt = weights[i] if has_w else 1.0
+        t = 0.0
+        if has_bias:
+            t = _ftrl_weight(BZ[0], BZ[1], alpha, beta, 0.0, 0.0)
+        for a in range(n):
+            q = Z + 2 * <Py_ssize_t>indices[lo + a]
+            t = t + _ftrl_weight(q[0], q[1], alpha, beta, l1, l2) * values[lo + a]
+        loss += _logistic_step(t, labels[i], wt, &kappa)
+        wsum += wt
+        for a in range(n):
+            q = Z + 2 * <Py_ssize_t>indices[lo + a]
+            w = _ftrl_weight(q[0], q[1], alpha, beta, l1, l2)
+            _ftrl_update(q, kappa * values[lo + a], w, alpha)
+        if has_bias:
+            w = _ftrl_weight(BZ[0], BZ[1], alpha, beta, 0.0, 0.0)
+            _ftrl_update(BZ, kappa, w, alpha)
+    return loss, wsum
+
+
+def ftrl_weights(const double[::1] zn, double alpha, double beta, double l1, double l2):
+    """Weights of every feature from FTRL (z, n) state, as float32."""
+    cdef Py_ssize_t n = zn.shape[0] // 2, i
+    out = np.empty(n, dtype=np.float32)
+    cdef float[::1] o = out
+    with nogil:
+        for i in range(n):
+            o[i] = <float>_ftrl_weight(zn[2 * i], zn[2 * i + 1], alpha, beta, l1, l2)
+    return out
+
+
+def predict_logits(int model_code,
+                   const int64_t[::1] indptr, const int32_t[::1] fields, const int32_t[::1] indices,
+                   const float[::1] values,
+                   const float[::1] latent, Py_ssize_t sj, Py_ssize_t sf, int k,
+                   const float[::1] linear, Py_ssize_t linear_stride, double bias,
+                   bint normalize, double[::1] out, int n_threads):
+    """Logits of every row into `out` (float64), any layout given by strides.
+
+    latent / linear may be empty (no such term). Batches under
+    PARALLEL_MIN_ROWS rows stay on the calling thread.
+    """
+    cdef Py_ssize_t n_rows = out.shape[0]
+    cdef Py_ssize_t i, lo, n
+    cdef bint has_lat = latent.shape[0] > 0 and model_code != 2
+    cdef bint has_lin = linear.shape[0] > 0
+    cdef const float* W = &latent[0] if latent.shape[0] > 0 else NULL
+    cdef const float* L = &linear[0] if has_lin else NULL
+    cdef double t
+    cdef int nt = n_threads if n_rows >= PARALLEL_MIN_ROWS else 1
+    if n_rows == 0:
+        return out
+    for i in prange(n_rows, nogil=True, num_threads=max(nt, 1), schedule="static"):
+        lo = indptr[i]
+        n = indptr[i + 1] - lo
+        t = bias
+        if has_lin:
+            t = t + _linear_sum(&indices[lo], &values[lo], n, L, linear_stride)
+        if has_lat and n > 1:
+            if model_code == 0:
+                t = t + _row_scale(&values[lo], n, normalize) * ctr_ffm_pairs(
+                    &fields[lo], &indices[lo], &values[lo], n, W, sj, sf, k)
+            else:
+                t = t + _row_scale(&values[lo], n, normalize) * ctr_fm_pairs(
+                    &indices[lo], &values[lo], n, W, sj, k)
+        out[i] = t
+    return out
+
+
+cdef inline bint _entries_ok(const int32_t* f, const int32_t* j, Py_ssize_t n,
+                             int n_fields, Py_ssize_t n_features) noexcept nogil:
+    cdef Py_ssize_t a
+    for a in range(n):
+        if f[a] < 0 or f[a] >= n_fields or j[a] < 0 or j[a] >= n_features:
+            return False
+    return True
+
+
+cdef inline bint _is_vec(object arr, int typenum, Py_ssize_t n):
+    return (isinstance(arr, cnp.ndarray)
+            and cnp.PyArray_TYPE(<cnp.ndarray>arr) == typenum
+            and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>arr)
+            and cnp.PyArray_SIZE(<cnp.ndarray>arr) >= n)
+
+
+def score_candidates(int model_code, object latent, Py_ssize_t sj, Py_ssize_t sf, int k,
+                     object linear, double bias, bint normalize,
+                     int n_fields, Py_ssize_t n_features,
+                     object ctx_fields, object ctx_indices, object ctx_values,
+                     object cand_indptr, object cand_fields, object cand_indices, object cand_values,
+                     object out):
+    """Probabilities of N candidates sharing one context, written into `out`.
+
+    Arrays must already have the native dtypes (int32 fields/indices, float32
+    values, int64 indptr, float64 out; latent/linear float32 or None); this
+    entry point avoids memoryview set-up so a request costs a few microseconds
+    of overhead. The context's own pairs and linear part are computed once;
+    each candidate adds its linear part, its pairs with the context and its
+    own pairs. Normalization uses the full row (context + candidate).
+    Returns 0 on success, 1 if an array has the wrong type or length, 2 if an
+    entry has a field or feature index out of range.
+    """
+    cdef Py_ssize_t nc, nn, n_cand, c, lo, n
+    if not (_is_vec(ctx_fields, cnp.NPY_INT32, 0) and _is_vec(cand_indptr, cnp.NPY_INT64, 1)):
+        return 1
+    nc = cnp.PyArray_SIZE(<cnp.ndarray>ctx_fields)
+    n_cand = cnp.PyArray_SIZE(<cnp.ndarray>cand_indptr) - 1
+    if not (_is_vec(ctx_indices, cnp.NPY_INT32, nc) and _is_vec(ctx_values, cnp.NPY_FLOAT32, nc)
+            and _is_vec(out, cnp.NPY_FLOAT64, n_cand)):
+        return 1
+    cdef const int64_t* cptr = <const int64_t*>cnp.PyArray_DATA(<cnp.ndarray>cand_indptr)
+    nn = cptr[n_cand]
+    if cptr[0] != 0 or nn < 0:
+        return 1
+    if not (_is_vec(cand_fields, cnp.NPY_INT32, nn) and _is_vec(cand_indices, cnp.NPY_INT32, nn)
+            and _is_vec(cand_values, cnp.NPY_FLOAT32, nn)):
+        return 1
+    cdef bint has_lat = latent is not None and model_code != 2
+    cdef bint has_lin = linear is not None
+    if has_lat and not _is_vec(latent, cnp.NPY_FLOAT32, 0):
+        return 1
+    if has_lin and not _is_vec(linear, cnp.NPY_FLOAT32, n_features):
+        return 1
+    cdef const int32_t* xf = <const int32_t*>cnp.PyArray_DATA(<cnp.ndarray>ctx_fields)
+    cdef const int32_t* xj = <const int32_t*>cnp.PyArray_DATA(<cnp.ndarray>ctx_indices)
+    cdef const float* xv = <const float*>cnp.PyArray_DATA(<cnp.ndarray>ctx_values)
+    cdef const int32_t* cf = <const int32_t*>cnp.PyArray_DATA(<cnp.ndarray>cand_fields)
+    cdef const int32_t* cj = <const int32_t*>cnp.PyArray_DATA(<cnp.ndarray>cand_indices)
+    cdef const float* cv = <const float*>cnp.PyArray_DATA(<cnp.ndarray>cand_values)
+    cdef double* o = <double*>cnp.PyArray_DATA(<cnp.ndarray>out)
+    cdef const float* W = <const float*>cnp.PyArray_DATA(<cnp.ndarray>latent) if has_lat else NULL
+    cdef const float* L = <const float*>cnp.PyArray_DATA(<cnp.ndarray>linear) if has_lin else NULL
+    cdef double ctx_lin = 0.0, ctx_ss = 0.0, ctx_pairs = 0.0, ctx_sq = 0.0
+    cdef double cand_ss, z, pairs, r, sq, tot
+    cdef double S_ctx[256]
+    cdef double S[256]
+    cdef Py_ssize_t a
+    cdef int d
+    if k > CTR_MAXK:
+        return 1
+    for c in range(n_cand):
+        if cptr[c + 1] < cptr[c]:
+            return 1
+    if not _entries_ok(xf, xj, nc, n_fields, n_features) or not _entries_ok(cf, cj, nn, n_fields, n_features):
+        return 2
+    with nogil:
+        for a in range(nc):
+            ctx_ss += <double>xv[a] * xv[a]
+        if has_lin:
+            ctx_lin = _linear_sum(xj, xv, nc, L, 1)
+        if has_lat:
+            if model_code == 0:
+                ctx_pairs = ctr_ffm_pairs(xf, xj, xv, nc, W, sj, sf, k)
+            else:
+                for d in range(k):
+                    S_ctx[d] = 0.0
+                ctr_fm_sums(xj, xv, nc, W, sj, k, S_ctx, &ctx_sq)
+        for c in range(n_cand):
+            lo = cptr[c]
+            n = cptr[c + 1] - lo
+            z = bias + ctx_lin
+            if has_lin:
+                z = z + _linear_sum(&cj[lo], &cv[lo], n, L, 1)
+            if has_lat:
+                cand_ss = 0.0
+                for a in range(n):
+                    cand_ss = cand_ss + <double>cv[lo + a] * cv[lo + a]
+                r = 1.0
+                if normalize and ctx_ss + cand_ss > 0:
+                    r = 1.0 / (ctx_ss + cand_ss)
+                if model_code == 0:
+                    pairs = ctx_pairs + ctr_ffm_cross(&cf[lo], &cj[lo], &cv[lo], n, xf, xj, xv, nc, W, sj, sf, k) \
+                        + ctr_ffm_pairs(&cf[lo], &cj[lo], &cv[lo], n, W, sj, sf, k)
+                else:
+                    for d in range(k):
+                        S[d] = S_ctx[d]
+                    sq = ctx_sq
+                    ctr_fm_sums(&cj[lo], &cv[lo], n, W, sj, k, S, &sq)
+                    tot = 0.0
+                    for d in range(k):
+                        tot = tot + S[d] * S[d]
+                    pairs = 0.5 * (tot - sq)
+                z = z + r * pairs
+            o[c] = _sigmoid(z)
+    return 0
