@@ -12,41 +12,15 @@ import numpy as np
 
 cnp.import_array()
 
-cdef uint64_t FNV_OFFSET = 0xCBF29CE484222325ULL
-cdef uint64_t FNV_PRIME = 0x100000001B3ULL
-
-
-cdef inline uint64_t _finalize(uint64_t h) noexcept nogil:
-    h ^= h >> 30
-    h *= 0xBF58476D1CE4E5B9ULL
-    h ^= h >> 27
-    h *= 0x94D049BB133111EBULL
-    h ^= h >> 31
-    return h
-
-
-cdef inline uint64_t _key_bytes(uint32_t field, const char* data, Py_ssize_t n, uint64_t seed) noexcept nogil:
-    cdef uint64_t h = FNV_OFFSET ^ seed
-    cdef Py_ssize_t i
-    h = (h ^ (field & 0xFF)) * FNV_PRIME
-    h = (h ^ ((field >> 8) & 0xFF)) * FNV_PRIME
-    h = (h ^ ((field >> 16) & 0xFF)) * FNV_PRIME
-    h = (h ^ ((field >> 24) & 0xFF)) * FNV_PRIME
-    h = (h ^ 0x1F) * FNV_PRIME
-    for i in range(n):
-        h = (h ^ <uint8_t>data[i]) * FNV_PRIME
-    return _finalize(h)
-
-
 cdef uint64_t key_of(uint32_t field, object token, uint64_t seed) except? 0:
     """Key of one str or bytes token (C-level API for other Cython modules)."""
     cdef const char* buf
     cdef Py_ssize_t n
     if isinstance(token, str):
         buf = PyUnicode_AsUTF8AndSize(token, &n)
-        return _key_bytes(field, buf, n, seed)
+        return key_bytes(field, buf, n, seed)
     if isinstance(token, bytes):
-        return _key_bytes(field, <const char*>(<bytes>token), len(<bytes>token), seed)
+        return key_bytes(field, <const char*>(<bytes>token), len(<bytes>token), seed)
     raise TypeError(f"feature values must be str or bytes, got {type(token).__name__}")
 
 

@@ -1,0 +1,980 @@
+# cython: language_level=3
+"""Native hot paths of the data stage.
+
+Text parsing, the log2bin transform, feature hashing, token counting and the
+vocabulary look-up run here, in nogil loops over raw bytes, because a Python
+loop over 1.2M Criteo rows x 39 fields (47M tokens) takes minutes. The pure
+Python definitions these must equal live in features.py / readers.py and the
+tests hold the two equal.
+
+A parsed chunk is a dense key matrix `keys[row, field]` (uint64): 0 means
+"missing", any other value is the feature key of the row's token in that
+field (a real key 0 is replaced by 1, the convention of the vocabulary table).
+"""
+
+from cpython.dict cimport PyDict_GetItem, PyDict_Next
+from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
+from cpython.object cimport PyObject
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize
+from cpython.long cimport PyLong_AsLongLongAndOverflow
+from libc.math cimport log, floor, isfinite, isnan
+from libc.stdint cimport uint8_t, int32_t, int64_t, uint32_t, uint64_t
+from libc.stdlib cimport strtod, malloc, calloc, free, realloc
+from libc.string cimport memcpy, memcmp, memchr
+from libc.stdio cimport snprintf
+cimport numpy as cnp
+import numpy as np
+from cython.parallel cimport prange
+
+from ctrops.data._hashing cimport key_bytes, key_of
+
+cnp.import_array()
+
+# column roles of the delimited-text parser
+ROLE_IGNORE = 0
+ROLE_LABEL = 1
+ROLE_WEIGHT = 2
+ROLE_CATEGORICAL = 3
+ROLE_LOG2BIN = 4
+ROLE_RAW = 5
+
+# reject reasons (detail is a column number, a column count or an entry number)
+REJECT_COLUMNS = 1
+REJECT_LABEL = 2
+REJECT_NUMBER = 3
+REJECT_WEIGHT = 4
+REJECT_ENTRY = 5
+
+# request-path field kinds
+KIND_CATEGORICAL = 0
+KIND_LOG2BIN = 1
+KIND_RAW = 2
+
+cdef enum:
+    NUMBUF = 64
+
+
+# ---------------------------------------------------------------------------
+# small C helpers
+# ---------------------------------------------------------------------------
+
+cdef inline uint64_t stored(uint64_t k) noexcept nogil:
+    return k if k != 0 else 1
+
+
+cdef inline int fmt_i64(char* out, int64_t v) noexcept nogil:
+    """Decimal digits of v (like Python's str(int)); returns the length."""
+    cdef char tmp[24]
+    cdef int n = 0, i = 0, j
+    cdef uint64_t u
+    if v < 0:
+        out[0] = 45  # '-'
+        i = 1
+        u = <uint64_t>(-(v + 1)) + 1
+    else:
+        u = <uint64_t>v
+    while True:
+        tmp[n] = <char>(48 + u % 10)
+        n += 1
+        u //= 10
+        if u == 0:
+            break
+    for j in range(n):
+        out[i + j] = tmp[n - 1 - j]
+    return i + n
+
+
+cdef inline int log2bin_token(char* out, double v) noexcept nogil:
+    """The log2bin token of a finite v: "~" + floor(log(v)**2) if v > 2, else int(v)."""
+    cdef double l
+    if v > 2.0:
+        l = log(v)
+        out[0] = 126  # '~'
+        return 1 + fmt_i64(out + 1, <int64_t>floor(l * l))
+    if v < -9.2e18:
+        v = -9.2e18
+    return fmt_i64(out, <int64_t>v)  # C truncates toward zero, as Python int() does
+
+
+cdef inline uint64_t log2bin_key(uint32_t field, double v, uint64_t seed) noexcept nogil:
+    cdef char buf[32]
+    cdef int n = log2bin_token(buf, v)
+    return stored(key_bytes(field, buf, n, seed))
+
+
+cdef inline bint parse_number(const unsigned char* s, Py_ssize_t n, double* out) noexcept nogil:
+    """Parse a whole token as a finite number (fast path for plain integers)."""
+    cdef Py_ssize_t i = 0
+    cdef int64_t acc = 0
+    cdef bint neg = False
+    cdef char buf[NUMBUF]
+    cdef char* end
+    if n <= 0:
+        return False
+    if s[0] == 45:
+        neg = True
+        i = 1
+    if n - i > 0 and n - i <= 18:
+        while i < n and 48 <= s[i] <= 57:
+            acc = acc * 10 + (s[i] - 48)
+            i += 1
+        if i == n:
+            out[0] = <double>(-acc if neg else acc)
+            return True
+    if n >= NUMBUF:
+        return False
+    memcpy(buf, s, n)
+    buf[n] = 0
+    out[0] = strtod(buf, &end)
+    return end == buf + n and isfinite(out[0])
+
+
+cdef inline bint parse_label(const unsigned char* s, Py_ssize_t n, float* out) noexcept nogil:
+    cdef double v
+    if n == 1 and (s[0] == 48 or s[0] == 49):
+        out[0] = <float>(s[0] - 48)
+        return True
+    if not parse_number(s, n, &v) or (v != 0.0 and v != 1.0):
+        return False
+    out[0] = <float>v
+    return True
+
+
+cdef inline bint is_missing(const unsigned char* s, Py_ssize_t n, const unsigned char* mdata,
+                            const int64_t* moff, Py_ssize_t n_miss) noexcept nogil:
+    cdef Py_ssize_t m
+    if n == 0:
+        return True
+    for m in range(n_miss):
+        if moff[m + 1] - moff[m] == n and memcmp(s, mdata + moff[m], n) == 0:
+            return True
+    return False
+
+
+def log2bin_token_native(double v):
+    """The native log2bin token of v (for tests against the Python definition)."""
+    cdef char buf[32]
+    cdef int n = log2bin_token(buf, v)
+    return buf[:n].decode("ascii")
+
+
+def count_lines(const unsigned char[::1] buf):
+    """Number of lines in buf (a last line without newline counts)."""
+    cdef Py_ssize_t n = buf.shape[0], i, c = 0
+    with nogil:
+        for i in range(n):
+            if buf[i] == 10:
+                c += 1
+    if n and buf[n - 1] != 10:
+        c += 1
+    return c
+
+
+# ---------------------------------------------------------------------------
+# delimited text (Criteo TSV): bytes -> labels, weights, keys, values
+# ---------------------------------------------------------------------------
+
+def parse_delimited(const unsigned char[::1] buf, const int32_t[::1] roles, const int32_t[::1] field_of,
+                    int n_fields, unsigned long long seed, const uint64_t[::1] raw_keys,
+                    const unsigned char[::1] missing_data, const int64_t[::1] missing_offsets,
+                    int64_t first_line, unsigned char sep=9, bint want_values=False):
+    """Parse complete lines of delimiter-separated text.
+
+    roles[c] / field_of[c] say what column c is; raw_keys[f] is the key of the
+    single feature of a `raw` numeric field. Blank lines are skipped. Returns
+    (labels, weights, keys, values, rejects, n_lines) where rejects is
+    int64[n_rejected, 5]: line number, reason, detail, byte start, byte end.
+    """
+    cdef Py_ssize_t nbuf = buf.shape[0], ncols = roles.shape[0]
+    cdef Py_ssize_t max_rows = 1, i
+    for i in range(nbuf):
+        if buf[i] == 10:
+            max_rows += 1
+    labels_a = np.empty(max_rows, dtype=np.float32)
+    weights_a = np.ones(max_rows, dtype=np.float32)
+    keys_a = np.zeros((max_rows, n_fields), dtype=np.uint64)
+    values_a = np.ones((max_rows, n_fields), dtype=np.float32) if want_values else np.ones((1, n_fields), dtype=np.float32)
+    rejects_a = np.empty((max_rows, 5), dtype=np.int64)
+    cdef float[::1] labels = labels_a
+    cdef float[::1] weights = weights_a
+    cdef uint64_t[:, ::1] keys = keys_a
+    cdef float[:, ::1] values = values_a
+    cdef int64_t[:, ::1] rejects = rejects_a
+    cdef Py_ssize_t n_miss = missing_offsets.shape[0] - 1
+    cdef const unsigned char* mdata = &missing_data[0] if missing_data.shape[0] > 0 else NULL
+    cdef const int64_t* moff = &missing_offsets[0]
+    cdef const unsigned char* base = &buf[0] if nbuf > 0 else NULL
+    cdef Py_ssize_t pos = 0, line_start, line_end, tok_start, tok_end, col, row = 0, n_rej = 0
+    cdef int64_t line_no = first_line - 1
+    cdef int role, f, bad, detail
+    cdef double v
+    cdef float lab
+    cdef const unsigned char* nl
+    with nogil:
+        while pos < nbuf:
+            line_start = pos
+            nl = <const unsigned char*>memchr(base + pos, 10, nbuf - pos)
+            if nl == NULL:
+                line_end = nbuf
+                pos = nbuf
+            else:
+                line_end = nl - base
+                pos = line_end + 1
+            line_no += 1
+            if line_end > line_start and base[line_end - 1] == 13:
+                line_end -= 1
+            if line_end == line_start:
+                continue
+            # blank (whitespace-only) lines are not rows
+            i = line_start
+            while i < line_end and (base[i] == 32 or base[i] == 9) and base[i] != sep:
+                i += 1
+            if i == line_end:
+                continue
+            bad = 0
+            detail = 0
+            col = 0
+            tok_start = line_start
+            while True:
+                tok_end = tok_start
+                while tok_end < line_end and base[tok_end] != sep:
+                    tok_end += 1
+                if col < ncols:
+                    role = roles[col]
+                    f = field_of[col]
+                    if role == 3:
+                        if not is_missing(base + tok_start, tok_end - tok_start, mdata, moff, n_miss):
+                            keys[row, f] = stored(key_bytes(<uint32_t>f, <const char*>(base + tok_start),
+                                                            tok_end - tok_start, seed))
+                    elif role == 4 or role == 5:
+                        if not is_missing(base + tok_start, tok_end - tok_start, mdata, moff, n_miss):
+                            if not parse_number(base + tok_start, tok_end - tok_start, &v):
+                                if bad == 0:
+                                    bad = 3
+                                    detail = col
+                            elif role == 4:
+                                keys[row, f] = log2bin_key(<uint32_t>f, v, seed)
+                            else:
+                                keys[row, f] = raw_keys[f]
+                                if want_values:
+                                    values[row, f] = <float>v
+                    elif role == 1:
+                        if not parse_label(base + tok_start, tok_end - tok_start, &lab):
+                            if bad == 0:
+                                bad = 2
+                                detail = col
+                        else:
+                            labels[row] = lab
+                    elif role == 2:
+                        if not parse_number(base + tok_start, tok_end - tok_start, &v) or v < 0:
+                            if bad == 0:
+                                bad = 4
+                                detail = col
+                        else:
+                            weights[row] = <float>v
+                col += 1
+                if tok_end >= line_end:
+                    break
+                tok_start = tok_end + 1
+            if col != ncols:
+                bad = 1
+                detail = <int>col
+            if bad:
+                rejects[n_rej, 0] = line_no
+                rejects[n_rej, 1] = bad
+                rejects[n_rej, 2] = detail
+                rejects[n_rej, 3] = line_start
+                rejects[n_rej, 4] = line_end
+                n_rej += 1
+                for f in range(n_fields):
+                    keys[row, f] = 0
+                    if want_values:
+                        values[row, f] = 1.0
+                weights[row] = 1.0
+                continue
+            row += 1
+    n_lines = line_no - first_line + 1
+    return (labels_a[:row], weights_a[:row], keys_a[:row], values_a[:row] if want_values else None,
+            rejects_a[:n_rej], n_lines)
+
+
+# ---------------------------------------------------------------------------
+# LIBFFM text: "label field:index:value ..." -> CSR arrays
+# ---------------------------------------------------------------------------
+
+cdef inline bint parse_uint31(const unsigned char* s, Py_ssize_t n, int32_t* out) noexcept nogil:
+    cdef int64_t acc = 0
+    cdef Py_ssize_t i
+    if n <= 0 or n > 10:
+        return False
+    for i in range(n):
+        if s[i] < 48 or s[i] > 57:
+            return False
+        acc = acc * 10 + (s[i] - 48)
+    if acc > 2147483646:
+        return False
+    out[0] = <int32_t>acc
+    return True
+
+
+def parse_libffm(const unsigned char[::1] buf, int64_t first_line):
+    """Parse complete LIBFFM lines. Labels 0/1 (also -1/+1, read as 0/1).
+
+    Returns (labels, indptr, fields, indices, values, rejects, n_lines) with
+    rejects as in `parse_delimited` (detail: 1-based entry number).
+    """
+    cdef Py_ssize_t nbuf = buf.shape[0], i
+    cdef Py_ssize_t max_rows = 1, max_nnz = nbuf // 6 + 1
+    for i in range(nbuf):
+        if buf[i] == 10:
+            max_rows += 1
+    labels_a = np.empty(max_rows, dtype=np.float32)
+    indptr_a = np.zeros(max_rows + 1, dtype=np.int64)
+    fields_a = np.empty(max_nnz, dtype=np.int32)
+    indices_a = np.empty(max_nnz, dtype=np.int32)
+    values_a = np.empty(max_nnz, dtype=np.float32)
+    rejects_a = np.empty((max_rows, 5), dtype=np.int64)
+    cdef float[::1] labels = labels_a
+    cdef int64_t[::1] indptr = indptr_a
+    cdef int32_t[::1] fields = fields_a
+    cdef int32_t[::1] indices = indices_a
+    cdef float[::1] values = values_a
+    cdef int64_t[:, ::1] rejects = rejects_a
+    cdef const unsigned char* base = &buf[0] if nbuf > 0 else NULL
+    cdef const unsigned char* nl
+    cdef Py_ssize_t pos = 0, line_start, line_end, s, e, c1, c2, row = 0, nnz = 0, row_nnz0, n_rej = 0
+    cdef int64_t line_no = first_line - 1
+    cdef int bad, detail, entry
+    cdef double v
+    cdef int32_t fi, ii
+    with nogil:
+        while pos < nbuf:
+            line_start = pos
+            nl = <const unsigned char*>memchr(base + pos, 10, nbuf - pos)
+            if nl == NULL:
+                line_end = nbuf
+                pos = nbuf
+            else:
+                line_end = nl - base
+                pos = line_end + 1
+            line_no += 1
+            if line_end > line_start and base[line_end - 1] == 13:
+                line_end -= 1
+            s = line_start
+            while s < line_end and (base[s] == 32 or base[s] == 9):
+                s += 1
+            if s == line_end:
+                continue
+            bad = 0
+            detail = 0
+            row_nnz0 = nnz
+            e = s
+            while e < line_end and base[e] != 32 and base[e] != 9:
+                e += 1
+            if e - s == 2 and base[s] == 45 and base[s + 1] == 49:       # "-1"
+                labels[row] = 0.0
+            elif e - s == 2 and base[s] == 43 and base[s + 1] == 49:     # "+1"
+                labels[row] = 1.0
+            elif not parse_label(base + s, e - s, &labels[row]):
+                bad = 2
+            entry = 0
+            while not bad:
+                s = e
+                while s < line_end and (base[s] == 32 or base[s] == 9):
+                    s += 1
+                if s >= line_end:
+                    break
+                e = s
+                while e < line_end and base[e] != 32 and base[e] != 9:
+                    e += 1
+                entry += 1
+                c1 = s
+                while c1 < e and base[c1] != 58:
+                    c1 += 1
+                c2 = c1 + 1
+                while c2 < e and base[c2] != 58:
+                    c2 += 1
+                if (c2 >= e or not parse_uint31(base + s, c1 - s, &fi)
+                        or not parse_uint31(base + c1 + 1, c2 - c1 - 1, &ii)
+                        or not parse_number(base + c2 + 1, e - c2 - 1, &v)):
+                    bad = 5
+                    detail = entry
+                    break
+                fields[nnz] = fi
+                indices[nnz] = ii
+                values[nnz] = <float>v
+                nnz += 1
+            if bad:
+                rejects[n_rej, 0] = line_no
+                rejects[n_rej, 1] = bad
+                rejects[n_rej, 2] = detail
+                rejects[n_rej, 3] = line_start
+                rejects[n_rej, 4] = line_end
+                n_rej += 1
+                nnz = row_nnz0
+                continue
+            row += 1
+            indptr[row] = nnz
+    n_lines = line_no - first_line + 1
+    return (labels_a[:row], indptr_a[:row + 1], fields_a[:nnz], indices_a[:nnz], values_a[:nnz],
+            rejects_a[:n_rej], n_lines)
+
+
+def format_libffm(const int64_t[::1] indptr, const int32_t[::1] fields, const int32_t[::1] indices,
+                  const float[::1] values, const float[::1] labels):
+    """LIBFFM text of CSR rows: "label f:i:v ..." per line (v == 1 written as "1")."""
+    cdef Py_ssize_t n = labels.shape[0], r, a, pos = 0, cap
+    cdef char* out
+    cdef int w
+    cdef double lab
+    cap = 64 * n + 48 * (indptr[n] if n else 0) + 64
+    out = <char*>malloc(cap)
+    if out == NULL:
+        raise MemoryError()
+    try:
+        with nogil:
+            for r in range(n):
+                lab = labels[r]
+                if lab == 0.0 or lab == 1.0:
+                    out[pos] = <char>(48 + <int>lab)
+                    pos += 1
+                else:
+                    pos += snprintf(out + pos, 32, "%.9g", lab)
+                for a in range(indptr[r], indptr[r + 1]):
+                    out[pos] = 32
+                    pos += 1
+                    pos += fmt_i64(out + pos, fields[a])
+                    out[pos] = 58
+                    pos += 1
+                    pos += fmt_i64(out + pos, indices[a])
+                    out[pos] = 58
+                    pos += 1
+                    if values[a] == 1.0:
+                        out[pos] = 49
+                        pos += 1
+                    else:
+                        pos += snprintf(out + pos, 32, "%.9g", <double>values[a])
+                out[pos] = 10
+                pos += 1
+        return out[:pos]
+    finally:
+        free(out)
+
+
+# ---------------------------------------------------------------------------
+# columnar input (Arrow buffers): keys of one column
+# ---------------------------------------------------------------------------
+
+def string_column_keys(uint64_t[:, ::1] keys, int col, uint32_t field, const int64_t[::1] offsets,
+                       const unsigned char[::1] data, const uint8_t[::1] valid, unsigned long long seed):
+    """keys[:, col] = key of string r (bytes data[offsets[r]:offsets[r+1]]) where valid[r]."""
+    cdef Py_ssize_t n = valid.shape[0], r
+    cdef const char* base = <const char*>&data[0] if data.shape[0] > 0 else <const char*>""
+    with nogil:
+        for r in range(n):
+            if valid[r]:
+                keys[r, col] = stored(key_bytes(field, base + offsets[r], offsets[r + 1] - offsets[r], seed))
+
+
+def number_column_keys(uint64_t[:, ::1] keys, int col, uint32_t field, const double[::1] numbers,
+                       const uint8_t[::1] valid, unsigned long long seed):
+    """keys[:, col] = log2bin key of numbers[r] where valid[r] (numbers must be finite there)."""
+    cdef Py_ssize_t n = valid.shape[0], r
+    with nogil:
+        for r in range(n):
+            if valid[r]:
+                keys[r, col] = log2bin_key(field, numbers[r], seed)
+
+
+# ---------------------------------------------------------------------------
+# token counting and the vocabulary table
+# ---------------------------------------------------------------------------
+
+cdef class KeyCounter:
+    """Occurrences of each (non-zero) key, remembering the field it came from.
+
+    An open-addressing map grown by doubling; one pass over the key matrix,
+    which is what makes fitting a vocabulary on millions of rows take seconds.
+    """
+    cdef uint64_t* keys
+    cdef int32_t* fields
+    cdef double* counts
+    cdef Py_ssize_t capacity
+    cdef Py_ssize_t size
+
+    def __cinit__(self, Py_ssize_t capacity=1 << 16):
+        cdef Py_ssize_t cap = 16
+        while cap < capacity:
+            cap <<= 1
+        self._alloc(cap)
+
+    cdef void _alloc(self, Py_ssize_t cap) except *:
+        self.keys = <uint64_t*>calloc(cap, sizeof(uint64_t))
+        self.fields = <int32_t*>malloc(cap * sizeof(int32_t))
+        self.counts = <double*>malloc(cap * sizeof(double))
+        if self.keys == NULL or self.fields == NULL or self.counts == NULL:
+            raise MemoryError()
+        self.capacity = cap
+        self.size = 0
+
+    def __dealloc__(self):
+        free(self.keys)
+        free(self.fields)
+        free(self.counts)
+
+    cdef inline void _insert(self, uint64_t k, int32_t f, double c) noexcept nogil:
+        cdef uint64_t mask = self.capacity - 1
+        cdef uint64_t s = k & mask
+        while self.keys[s] != 0:
+            if self.keys[s] == k:
+                self.counts[s] += c
+                return
+            s = (s + 1) & mask
+        self.keys[s] = k
+        self.fields[s] = f
+        self.counts[s] = c
+        self.size += 1
+
+    cdef void _grow(self) except *:
+        cdef uint64_t* ok = self.keys
+        cdef int32_t* of = self.fields
+        cdef double* oc = self.counts
+        cdef Py_ssize_t ocap = self.capacity, i
+        self._alloc(ocap * 2)
+        for i in range(ocap):
+            if ok[i] != 0:
+                self._insert(ok[i], of[i], oc[i])
+        free(ok)
+        free(of)
+        free(oc)
+
+    def add(self, const uint64_t[:, ::1] keys, const float[::1] weights=None):
+        """Count every non-zero keys[r, f] (column f is the field), weighted by weights[r] if given."""
+        cdef Py_ssize_t n = keys.shape[0], nf = keys.shape[1], r, f, start, stop, block = 1024
+        cdef uint64_t k
+        cdef double w = 1.0
+        cdef bint weighted = weights is not None
+        for start in range(0, n, block):
+            stop = min(n, start + block)
+            while (self.size + (stop - start) * nf) * 2 > self.capacity:
+                self._grow()
+            with nogil:
+                for r in range(start, stop):
+                    if weighted:
+                        w = weights[r]
+                    for f in range(nf):
+                        k = keys[r, f]
+                        if k != 0:
+                            self._insert(k, <int32_t>f, w)
+
+    def __len__(self):
+        return self.size
+
+    def items(self):
+        """(keys uint64, fields int32, counts float64) of every counted key, in slot order."""
+        out_k = np.empty(self.size, dtype=np.uint64)
+        out_f = np.empty(self.size, dtype=np.int32)
+        out_c = np.empty(self.size, dtype=np.float64)
+        cdef uint64_t[::1] ok = out_k
+        cdef int32_t[::1] of = out_f
+        cdef double[::1] oc = out_c
+        cdef Py_ssize_t i, j = 0
+        for i in range(self.capacity):
+            if self.keys[i] != 0:
+                ok[j] = self.keys[i]
+                of[j] = self.fields[i]
+                oc[j] = self.counts[i]
+                j += 1
+        return out_k, out_f, out_c
+
+
+def build_table(const uint64_t[::1] keys, const int32_t[::1] values, Py_ssize_t capacity):
+    """Open-addressing table: slot = key & (capacity-1), linear probing, 0 = empty, empty value -1.
+
+    Keys must be unique and non-zero (stored form); inserted in the given order.
+    """
+    if capacity & (capacity - 1) or capacity <= keys.shape[0]:
+        raise ValueError(f"capacity {capacity} must be a power of two above {keys.shape[0]}")
+    tk_a = np.zeros(capacity, dtype=np.uint64)
+    tv_a = np.full(capacity, -1, dtype=np.int32)
+    cdef uint64_t[::1] tk = tk_a
+    cdef int32_t[::1] tv = tv_a
+    cdef uint64_t mask = capacity - 1, s, k
+    cdef Py_ssize_t i
+    with nogil:
+        for i in range(keys.shape[0]):
+            k = keys[i]
+            s = k & mask
+            while tk[s] != 0:
+                s = (s + 1) & mask
+            tk[s] = k
+            tv[s] = values[i]
+    return tk_a, tv_a
+
+
+cdef inline int32_t table_find(const uint64_t* tk, const int32_t* tv, uint64_t mask, uint64_t k) noexcept nogil:
+    cdef uint64_t s = k & mask
+    while tk[s] != 0:
+        if tk[s] == k:
+            return tv[s]
+        s = (s + 1) & mask
+    return -1
+
+
+def lookup_keys(const uint64_t[::1] table_keys, const int32_t[::1] table_values, const uint64_t[::1] keys):
+    """Table value of each key (stored form), -1 where absent."""
+    out_a = np.empty(keys.shape[0], dtype=np.int32)
+    cdef int32_t[::1] out = out_a
+    cdef Py_ssize_t i, cap = table_keys.shape[0]
+    if cap == 0:
+        out_a.fill(-1)
+        return out_a
+    cdef uint64_t mask = cap - 1
+    with nogil:
+        for i in range(keys.shape[0]):
+            out[i] = table_find(&table_keys[0], &table_values[0], mask, keys[i])
+    return out_a
+
+
+def encode_keys(const uint64_t[:, ::1] keys, const float[:, ::1] values, const uint64_t[::1] table_keys,
+                const int32_t[::1] table_values, unsigned long long hash_space, int n_threads=1):
+    """Feature indices and values of a key matrix: one entry per (row, field), row-major.
+
+    missing (key 0) -> 2f with value 1; key in the table -> its value; key not
+    in the table -> 2f+1 (rare); an empty table (hash indexing without rare
+    routing) -> 2*n_fields + key % hash_space. `values` None means all 1.
+    """
+    cdef Py_ssize_t n = keys.shape[0], nf = keys.shape[1], r, f, cap = table_keys.shape[0]
+    idx_a = np.empty(n * nf, dtype=np.int32)
+    val_a = np.ones(n * nf, dtype=np.float32)
+    cdef int32_t[::1] idx = idx_a
+    cdef float[::1] val = val_a
+    cdef bint has_values = values is not None
+    cdef const uint64_t* tk = &table_keys[0] if cap > 0 else NULL
+    cdef const int32_t* tv = &table_values[0] if cap > 0 else NULL
+    cdef uint64_t mask = cap - 1 if cap > 0 else 0, k
+    cdef int64_t base = 2 * nf
+    cdef int32_t j
+    if cap == 0 and hash_space == 0:
+        raise ValueError("hash_space must be positive when there is no table")
+    for r in prange(n, nogil=True, num_threads=max(1, n_threads), schedule="static"):
+        for f in range(nf):
+            k = keys[r, f]
+            if k == 0:
+                idx[r * nf + f] = <int32_t>(2 * f)
+                continue
+            if cap > 0:
+                j = table_find(tk, tv, mask, k)
+                idx[r * nf + f] = j if j >= 0 else <int32_t>(2 * f + 1)
+            else:
+                idx[r * nf + f] = <int32_t>(base + <int64_t>(k % hash_space))
+            if has_values:
+                val[r * nf + f] = values[r, f]
+    return idx_a, val_a
+
+
+# ---------------------------------------------------------------------------
+# the request path: raw Python values -> entries, in microseconds
+# ---------------------------------------------------------------------------
+
+cdef class RequestEncoder:
+    """Encodes one context dict and N candidate dicts of raw values.
+
+    A field present in a candidate overrides the context's value of that field
+    for that candidate. Fields that some candidate sets are emitted per
+    candidate; all others once in the context part. Every joined row (context
+    part + candidate part) holds exactly one entry per field, as `transform`.
+    Names that are not fields are ignored.
+    """
+    cdef dict field_of
+    cdef int n_fields
+    cdef int32_t[::1] kinds
+    cdef uint64_t[::1] raw_keys
+    cdef const uint64_t[::1] tk
+    cdef const int32_t[::1] tv
+    cdef Py_ssize_t cap
+    cdef uint64_t seed, hash_space
+    cdef object missing
+    cdef bint has_missing
+    cdef list names
+    # scratch
+    cdef int32_t* ctx_idx
+    cdef float* ctx_val
+    cdef uint8_t* ctx_set
+    cdef uint8_t* in_cands
+    cdef int32_t* ent_f
+    cdef int32_t* ent_i
+    cdef float* ent_v
+    cdef Py_ssize_t ent_cap
+
+    def __cinit__(self, list names, kinds, raw_keys, table_keys, table_values,
+                  unsigned long long seed, unsigned long long hash_space, missing_values=()):
+        cdef Py_ssize_t f
+        self.names = names
+        self.n_fields = len(names)
+        self.field_of = {name: f for f, name in enumerate(names)}
+        self.kinds = np.ascontiguousarray(kinds, dtype=np.int32)
+        self.raw_keys = np.ascontiguousarray(raw_keys, dtype=np.uint64)
+        self.tk = table_keys
+        self.tv = table_values
+        self.cap = table_keys.shape[0]
+        if self.cap == 0 and hash_space == 0:
+            raise ValueError("hash_space must be positive when there is no table")
+        self.seed = seed
+        self.hash_space = hash_space
+        self.missing = frozenset(str(m) for m in missing_values)
+        self.has_missing = len(self.missing) > 0
+        nf = max(1, self.n_fields)
+        self.ctx_idx = <int32_t*>malloc(nf * sizeof(int32_t))
+        self.ctx_val = <float*>malloc(nf * sizeof(float))
+        self.ctx_set = <uint8_t*>malloc(nf)
+        self.in_cands = <uint8_t*>malloc(nf)
+        self.ent_cap = 4096
+        self.ent_f = <int32_t*>malloc(self.ent_cap * sizeof(int32_t))
+        self.ent_i = <int32_t*>malloc(self.ent_cap * sizeof(int32_t))
+        self.ent_v = <float*>malloc(self.ent_cap * sizeof(float))
+        if (self.ctx_idx == NULL or self.ctx_val == NULL or self.ctx_set == NULL or self.in_cands == NULL
+                or self.ent_f == NULL or self.ent_i == NULL or self.ent_v == NULL):
+            raise MemoryError()
+
+    def __dealloc__(self):
+        free(self.ctx_idx)
+        free(self.ctx_val)
+        free(self.ctx_set)
+        free(self.in_cands)
+        free(self.ent_f)
+        free(self.ent_i)
+        free(self.ent_v)
+
+    cdef void _reserve(self, Py_ssize_t need) except *:
+        cdef Py_ssize_t cap = self.ent_cap
+        if need <= cap:
+            return
+        while cap < need:
+            cap *= 2
+        self.ent_f = <int32_t*>realloc(self.ent_f, cap * sizeof(int32_t))
+        self.ent_i = <int32_t*>realloc(self.ent_i, cap * sizeof(int32_t))
+        self.ent_v = <float*>realloc(self.ent_v, cap * sizeof(float))
+        if self.ent_f == NULL or self.ent_i == NULL or self.ent_v == NULL:
+            raise MemoryError()
+        self.ent_cap = cap
+
+    cdef inline int32_t _index_of_key(self, int f, uint64_t k) noexcept:
+        cdef int32_t j
+        k = stored(k)
+        if self.cap > 0:
+            j = table_find(&self.tk[0], &self.tv[0], <uint64_t>(self.cap - 1), k)
+            return j if j >= 0 else 2 * f + 1
+        return <int32_t>(2 * self.n_fields + <int64_t>(k % self.hash_space))
+
+    cdef int _encode(self, int f, object v, int32_t* idx, float* val) except -1:
+        """Feature index and value of raw value v in field f; returns 1 if present, 0 if missing."""
+        cdef int kind = self.kinds[f]
+        cdef const char* buf
+        cdef Py_ssize_t n
+        cdef char num[32]
+        cdef long long iv
+        cdef int overflow = 0
+        cdef double d
+        cdef uint64_t k
+        if v is None:
+            idx[0] = 2 * f
+            val[0] = 1.0
+            return 0
+        if kind == 0:
+            if type(v) is str:
+                buf = PyUnicode_AsUTF8AndSize(v, &n)
+                if n == 0 or (self.has_missing and v in self.missing):
+                    idx[0] = 2 * f
+                    val[0] = 1.0
+                    return 0
+                k = key_bytes(<uint32_t>f, buf, n, self.seed)
+            elif type(v) is int:
+                iv = PyLong_AsLongLongAndOverflow(v, &overflow)
+                if overflow:
+                    k = key_of(<uint32_t>f, str(v), self.seed)
+                else:
+                    k = key_bytes(<uint32_t>f, num, fmt_i64(num, iv), self.seed)
+            elif type(v) is float:
+                d = v
+                if isnan(d):
+                    idx[0] = 2 * f
+                    val[0] = 1.0
+                    return 0
+                if d == floor(d) and -9.2e18 < d < 9.2e18:
+                    k = key_bytes(<uint32_t>f, num, fmt_i64(num, <int64_t>d), self.seed)
+                else:
+                    k = key_of(<uint32_t>f, categorical_token(v), self.seed)
+            else:
+                tok = categorical_token(v)
+                if tok == "" or (self.has_missing and tok in self.missing):
+                    idx[0] = 2 * f
+                    val[0] = 1.0
+                    return 0
+                k = key_of(<uint32_t>f, tok, self.seed)
+            idx[0] = self._index_of_key(f, k)
+            val[0] = 1.0
+            return 1
+        # numeric
+        if type(v) is float or type(v) is int:
+            d = v
+        else:
+            if isinstance(v, (str, bytes)):
+                s = v.decode("utf-8", "replace") if isinstance(v, bytes) else v
+                if s == "" or (self.has_missing and s in self.missing):
+                    idx[0] = 2 * f
+                    val[0] = 1.0
+                    return 0
+                try:
+                    d = float(s)
+                except ValueError:
+                    raise _request_error(self.names[f], v) from None
+            else:
+                try:
+                    d = float(v)
+                except (TypeError, ValueError):
+                    raise _request_error(self.names[f], v) from None
+        if isnan(d):
+            idx[0] = 2 * f
+            val[0] = 1.0
+            return 0
+        if not isfinite(d):
+            raise _request_error(self.names[f], v)
+        if kind == 1:
+            idx[0] = self._index_of_key(f, log2bin_key(<uint32_t>f, d, self.seed))
+            val[0] = 1.0
+        else:
+            idx[0] = self._index_of_key(f, self.raw_keys[f])
+            val[0] = <float>d
+        return 1
+
+    def encode(self, context, candidates):
+        """(ctx_fields, ctx_indices, ctx_values, cand_indptr, cand_fields, cand_indices, cand_values)."""
+        cdef int nf = self.n_fields, f
+        cdef Py_ssize_t pos, n_c, c, ne = 0, e, n_ctx = 0, in_count = 0, total, w, own
+        cdef PyObject* pk
+        cdef PyObject* pv
+        cdef PyObject* pf
+        cdef list cand_list
+        cdef cnp.npy_intp dims[1]
+        cdef int32_t* o_f
+        cdef int32_t* o_i
+        cdef float* o_v
+        cdef int64_t* o_p
+        cdef int64_t* own_off
+        for f in range(nf):
+            self.ctx_idx[f] = 2 * f
+            self.ctx_val[f] = 1.0
+            self.ctx_set[f] = 0
+            self.in_cands[f] = 0
+        # context
+        if context is not None:
+            if type(context) is not dict:
+                context = dict(context)
+            pos = 0
+            while PyDict_Next(context, &pos, &pk, &pv):
+                pf = PyDict_GetItem(self.field_of, <object>pk)
+                if pf == NULL:
+                    continue
+                f = <int>(<object>pf)
+                self._encode(f, <object>pv, &self.ctx_idx[f], &self.ctx_val[f])
+                self.ctx_set[f] = 1
+        # candidates, first pass: own entries into scratch
+        cand_list = candidates if type(candidates) is list else list(candidates)
+        n_c = PyList_GET_SIZE(cand_list)
+        dims[0] = n_c + 1
+        offsets_a = cnp.PyArray_EMPTY(1, dims, cnp.NPY_INT64, 0)
+        own_off = <int64_t*>cnp.PyArray_DATA(offsets_a)
+        own_off[0] = 0
+        for c in range(n_c):
+            cand = <object>PyList_GET_ITEM(cand_list, c)
+            if type(cand) is not dict:
+                cand = dict(cand)
+            self._reserve(ne + len(<dict>cand))
+            pos = 0
+            while PyDict_Next(cand, &pos, &pk, &pv):
+                pf = PyDict_GetItem(self.field_of, <object>pk)
+                if pf == NULL:
+                    continue
+                f = <int>(<object>pf)
+                self.ent_f[ne] = f
+                self._encode(f, <object>pv, &self.ent_i[ne], &self.ent_v[ne])
+                if not self.in_cands[f]:
+                    self.in_cands[f] = 1
+                    in_count += 1
+                ne += 1
+            own_off[c + 1] = ne
+        # context part: fields no candidate sets
+        for f in range(nf):
+            if not self.in_cands[f]:
+                n_ctx += 1
+        dims[0] = n_ctx
+        ctx_f_a = cnp.PyArray_EMPTY(1, dims, cnp.NPY_INT32, 0)
+        ctx_i_a = cnp.PyArray_EMPTY(1, dims, cnp.NPY_INT32, 0)
+        ctx_v_a = cnp.PyArray_EMPTY(1, dims, cnp.NPY_FLOAT32, 0)
+        o_f = <int32_t*>cnp.PyArray_DATA(ctx_f_a)
+        o_i = <int32_t*>cnp.PyArray_DATA(ctx_i_a)
+        o_v = <float*>cnp.PyArray_DATA(ctx_v_a)
+        w = 0
+        for f in range(nf):
+            if not self.in_cands[f]:
+                o_f[w] = f
+                o_i[w] = self.ctx_idx[f]
+                o_v[w] = self.ctx_val[f]
+                w += 1
+        # candidate part: own entries, then context/missing for candidate fields it lacks
+        total = n_c * in_count
+        dims[0] = total
+        cf_a = cnp.PyArray_EMPTY(1, dims, cnp.NPY_INT32, 0)
+        ci_a = cnp.PyArray_EMPTY(1, dims, cnp.NPY_INT32, 0)
+        cv_a = cnp.PyArray_EMPTY(1, dims, cnp.NPY_FLOAT32, 0)
+        dims[0] = n_c + 1
+        indptr_a = cnp.PyArray_EMPTY(1, dims, cnp.NPY_INT64, 0)
+        o_f = <int32_t*>cnp.PyArray_DATA(cf_a)
+        o_i = <int32_t*>cnp.PyArray_DATA(ci_a)
+        o_v = <float*>cnp.PyArray_DATA(cv_a)
+        o_p = <int64_t*>cnp.PyArray_DATA(indptr_a)
+        w = 0
+        o_p[0] = 0
+        for c in range(n_c):
+            own = own_off[c + 1] - own_off[c]
+            for e in range(own_off[c], own_off[c + 1]):
+                o_f[w] = self.ent_f[e]
+                o_i[w] = self.ent_i[e]
+                o_v[w] = self.ent_v[e]
+                w += 1
+            if own < in_count:
+                # mark own fields, fill the rest of the candidate fields from the context
+                for e in range(own_off[c], own_off[c + 1]):
+                    self.ctx_set[self.ent_f[e]] |= 2
+                for f in range(nf):
+                    if self.in_cands[f] and not (self.ctx_set[f] & 2):
+                        o_f[w] = f
+                        o_i[w] = self.ctx_idx[f]
+                        o_v[w] = self.ctx_val[f]
+                        w += 1
+                for e in range(own_off[c], own_off[c + 1]):
+                    self.ctx_set[self.ent_f[e]] &= 1
+            o_p[c + 1] = w
+        return ctx_f_a, ctx_i_a, ctx_v_a, indptr_a, cf_a, ci_a, cv_a
+
+
+def categorical_token(v):
+    """Token of a raw categorical value: str as is, integral numbers as integers, else str()."""
+    if isinstance(v, str):
+        return v
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    if isinstance(v, float):
+        if v == v and v not in (_INF, -_INF) and v == int(v):
+            return str(int(v))
+        return str(v)
+    return str(v)
+
+
+_INF = float("inf")
+
+
+def _request_error(name, value):
+    from ctrops.errors import DataError
+    return DataError(f"value {value!r} is not a number", field=name)
