@@ -11,6 +11,8 @@ silently send traffic to the wrong arm.
       - {name: production, share: 80, model: production}   # alias ...
       - {name: candidate,  share: 15, model: 7}            # ... or version
       - {name: random,     share: 5,  random: true}        # control group
+
+`model` names an alias of the served model's manifest, "latest", or a version.
 """
 
 from __future__ import annotations
@@ -111,7 +113,7 @@ class ExperimentDefinition:
                     raise ConfigError(
                         f"{self.source}: arm {a.name!r} uses model version {a.model}, which is not in "
                         f"the manifest (versions: {sorted(known_versions)})")
-            elif a.model not in aliases:
+            elif a.model not in aliases and not (a.model == "latest" and known_versions):
                 raise ConfigError(
                     f"{self.source}: arm {a.name!r} uses model alias {a.model!r}, which is not in the "
                     f"manifest (aliases: {sorted(aliases)})")

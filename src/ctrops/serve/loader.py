@@ -88,6 +88,8 @@ class ModelStore:
             self.entry(manifest, version)
             return version
         aliases = self.aliases(manifest)
+        if ref == "latest" and ref not in aliases:
+            return int(_get(self.versions(manifest)[0], "version"))
         if ref not in aliases:
             raise ConfigError(f"model {self.model_name!r} has no alias {ref!r} (aliases: {sorted(aliases)})")
         return aliases[ref]

@@ -1,0 +1,65 @@
+"""Helpers shared by the serving tests: configs, an injected loader, a small deterministic scorer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ctrops.data.hashing import feature_key
+from ctrops.experiments.assign import Assigner
+from ctrops.experiments.definition import ExperimentDefinition
+from ctrops.serve.config import ServingConfig
+from ctrops.serve.loader import ArmModel, ModelStore, ServingLoader, ServingState
+
+
+class HashScorer:
+    """Stands in for a Predictor where a test is about HTTP, not about models: a logistic score of
+    hashed (field, value) pairs, so equal inputs give equal scores and any field changes the score."""
+
+    def __init__(self, version: int, model_name: str = "ctr") -> None:
+        self.model_version = version
+        self.model_name = model_name
+
+    def _z(self, fields: dict) -> float:
+        return sum(((feature_key(len(k), f"{k}={v}", self.model_version) % 2001) - 1000) / 1000.0
+                   for k, v in fields.items())
+
+    def score(self, context, candidates) -> np.ndarray:
+        zc = self._z(context)
+        return 1.0 / (1.0 + np.exp(-np.array([zc + self._z(c) for c in candidates], dtype=np.float64)))
+
+    def explain(self, context, candidate) -> dict:
+        return {"model_version": self.model_version, "features": sorted({**context, **candidate})}
+
+
+def make_config(tmp_path: Path, *, log: bool = True, token: str | None = "s3cret", fmt: str = "jsonl",
+                debug_every: int = 0, queue_size: int = 10_000, **limits) -> ServingConfig:
+    raw = {"model": {"storage": str(tmp_path / "store"), "name": "ctr", "poll_seconds": 0,
+                     "cache_dir": str(tmp_path / "cache")},
+           "server": {"admin_token": token, "admin_token_env": "CTROPS_TEST_UNSET_TOKEN"},
+           "limits": limits}
+    if log:
+        raw["log"] = {"path": str(tmp_path / "logs"), "format": fmt, "flush_seconds": 0.05,
+                      "debug_every": debug_every, "queue_size": queue_size}
+    return ServingConfig.from_dict(raw, source="test-serving.yaml", base_dir=tmp_path)
+
+
+def injected_loader(config: ServingConfig, arms: list[dict], scorers: dict[str, object]) -> ServingLoader:
+    """A loader whose state is set directly (no storage), for tests of the HTTP layer."""
+    d = ExperimentDefinition.from_dict({"name": "exp", "salt": "t", "arms": arms})
+    store = ModelStore(config.model.storage, config.model.name, cache_dir=config.model.cache_dir)
+    loader = ServingLoader(store, lambda: d, poll_seconds=0)
+    loader.state = ServingState(d, Assigner(d), {
+        a.name: ArmModel(a, scorers.get(a.name), getattr(scorers.get(a.name), "model_version", None))
+        for a in d.arms}, "digest")
+    return loader
+
+
+def request_body(n: int = 5, user: str | None = "u1", **extra) -> dict:
+    body = {"context": {"site": "news", "device": "ios", "hour": 13},
+            "candidates": [{"id": f"ad{i}", "fields": {"ad": f"a{i}", "price": 0.5 + i},
+                            "passthrough": {"bid": 1.0 + i}} for i in range(n)], **extra}
+    if user is not None:
+        body["user_id"] = user
+    return body
