@@ -1,0 +1,96 @@
+"""The prediction log: every returned candidate recorded, files rotated and finalised, drops counted."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from starlette.testclient import TestClient
+
+from ctrops.errors import ConfigError
+from ctrops.serve.app import create_app
+from ctrops.serve.logging_sink import LogConfig, PredictionLog, RequestLog
+from serve_support import HashScorer, injected_loader, make_config, request_body
+
+ARMS = [{"name": "production", "share": 70, "model": "production"},
+        {"name": "random", "share": 30, "random": True}]
+
+
+def entry(i: int, n: int = 3, top: int | None = None) -> RequestLog:
+    scores = np.linspace(0.1, 0.9, n)[::-1].copy()
+    order = np.argsort(-scores, kind="stable")[:top]
+    return RequestLog(1_700_000_000_000 + i, f"r{i}", f"u{i}", "exp", "production", "ctr", 4,
+                      f"{i:028x}", [f"ad{j}" for j in range(n)], scores, order,
+                      [{"bid": 1.5}] + [None] * (n - 1), {"auction": f"a{i}"})
+
+
+def read_jsonl(directory):
+    rows = []
+    for path in sorted(directory.glob("predictions-*.jsonl")):
+        rows += [json.loads(line) for line in path.read_text().splitlines()]
+    return rows
+
+
+def test_jsonl_records_and_rotation(tmp_path):
+    sink = PredictionLog(LogConfig(str(tmp_path), "jsonl", rotate_records=7, flush_seconds=0.01)).start()
+    for i in range(10):
+        assert sink.submit(entry(i))
+        time.sleep(0.002)
+    sink.close()
+    assert not list(tmp_path.glob(".*inprogress"))
+    assert len(list(tmp_path.glob("predictions-*.jsonl"))) >= 2  # 30 records, a new file after every 7+
+    rows = read_jsonl(tmp_path)
+    assert len(rows) == 30
+    first = [r for r in rows if r["request_id"] == "r0"]
+    assert [r["rank"] for r in first] == [1, 2, 3]
+    assert first[0]["candidate_id"] == "ad0" and first[0]["tracking_id"] == f"{0:028x}0000"
+    assert first[0]["passthrough"] == {"auction": "a0", "bid": 1.5}
+    assert first[1]["passthrough"] == {"auction": "a0"}
+    assert set(first[0]) == {"schema", "ts_ms", "request_id", "unit_id", "experiment", "arm", "model_name",
+                             "model_version", "tracking_id", "candidate_id", "score", "rank", "passthrough"}
+
+
+def test_parquet_records(tmp_path):
+    sink = PredictionLog(LogConfig(str(tmp_path), "parquet", flush_seconds=0.01)).start()
+    for i in range(5):
+        sink.submit(entry(i, n=4, top=2))
+    sink.close()
+    table = pq.read_table(sorted(tmp_path.glob("predictions-*.parquet")))
+    assert table.num_rows == 10
+    assert table.column("rank").to_pylist()[:2] == [1, 2]
+    assert table.column("model_version").to_pylist()[0] == 4
+
+
+def test_full_queue_drops_and_counts(tmp_path):
+    sink = PredictionLog(LogConfig(str(tmp_path), "jsonl", queue_size=3))  # writer not started: a stall
+    results = [sink.submit(entry(i)) for i in range(5)]
+    assert results == [True, True, True, False, False] and sink.dropped == 2
+    sink.close()  # drains what was queued
+    assert len(read_jsonl(tmp_path)) == 9
+
+
+def test_bad_log_config():
+    with pytest.raises(ConfigError, match="log.format"):
+        LogConfig("/tmp/x", "csv")
+
+
+def test_every_served_tracking_id_is_logged_with_debug_sample(tmp_path):
+    cfg = make_config(tmp_path, debug_every=10)
+    loader = injected_loader(cfg, ARMS, {"production": HashScorer(5)})
+    served = {}
+    with TestClient(create_app(cfg, loader=loader)) as c:
+        for i in range(40):
+            out = c.post("/v1/predict", json=request_body(3, user=f"user{i}",
+                                                          passthrough={"auction": i})).json()
+            for cand in out["candidates"]:
+                served[cand["tracking_id"]] = (out["arm"], cand["id"], cand["score"], cand["rank"])
+    rows = read_jsonl(tmp_path / "logs")
+    logged = {r["tracking_id"]: (r["arm"], r["candidate_id"], r["score"], r["rank"]) for r in rows}
+    assert logged == served
+    assert {r["arm"] for r in rows} == {"production", "random"}
+    debug = [json.loads(x) for p in (tmp_path / "logs").glob("debug-*.jsonl") for x in p.read_text().splitlines()]
+    assert len(debug) >= 2 and all(d["tracking_id"] in served for d in debug)
+    assert all("explain" in d and d["arm"] == "production" for d in debug)
