@@ -220,6 +220,7 @@ def save_model(path: str | os.PathLike, params: ModelParams, encoder_header: Map
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o644)  # mkstemp creates 0600; the serving user must be able to read the file
         with os.fdopen(fd, "wb") as fh:
             fh.write(PREAMBLE.pack(MAGIC, FORMAT_VERSION, 0, len(blob), hashlib.sha256(blob).digest(), b"\0" * 8))
             fh.write(blob)

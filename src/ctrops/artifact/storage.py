@@ -52,6 +52,7 @@ class Storage:
             folder.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=f".{Path(target).name}.", suffix=".tmp", dir=folder)
             try:
+                os.fchmod(fd, 0o644)
                 with os.fdopen(fd, "wb") as fh:
                     fh.write(data)
                     fh.flush()
@@ -71,6 +72,7 @@ class Storage:
             folder.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=f".{Path(target).name}.", suffix=".tmp", dir=folder)
             try:
+                os.fchmod(fd, 0o644)
                 with os.fdopen(fd, "wb") as out, open(local_path, "rb") as src:
                     _copy(src, out)
                     out.flush()
@@ -87,6 +89,7 @@ class Storage:
         local_path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{local_path.name}.", suffix=".tmp", dir=local_path.parent)
         try:
+            os.fchmod(fd, 0o644)
             digest = hashlib.sha256()
             with os.fdopen(fd, "wb") as out, self.fs.open(self.path(relative), "rb") as src:
                 _copy(src, out, digest)
