@@ -37,10 +37,8 @@ import numpy as np
 from ctrops.data.hashing import reserved_missing, reserved_rare
 from ctrops.data.matrix import FieldMatrix
 from ctrops.errors import DataError
+from ctrops.models import metrics
 from ctrops.models.params import ModelParams
-
-_EPS = 1e-15
-
 
 class ProbabilisticModel(Protocol):
     """Anything with `predict_proba(FieldMatrix) -> probabilities` (every ctrops estimator)."""
@@ -63,91 +61,24 @@ def _as_arrays(y: Any, p: Any, weights: Any = None) -> tuple[np.ndarray, np.ndar
     return y_arr, p_arr, w_arr
 
 
-def log_loss(y: Any, p: Any, weights: Any = None) -> float:
-    """Mean binary cross-entropy (natural log), predictions clipped to [1e-15, 1-1e-15]."""
-    y_arr, p_arr, w = _as_arrays(y, p, weights)
-    if y_arr.size == 0:
-        return float("nan")
-    q = np.clip(p_arr, _EPS, 1.0 - _EPS)
-    losses = -(y_arr * np.log(q) + (1.0 - y_arr) * np.log1p(-q))
-    if w is None:
-        return float(losses.mean())
-    total = w.sum()
-    return float(np.dot(losses, w) / total) if total > 0 else float("nan")
+def _safe(metric: Callable[..., float], *args: Any) -> float:
+    """The shared metric, or NaN where it is undefined (one class only, NaN predictions).
 
-
-def roc_auc(y: Any, p: Any) -> float:
-    """Area under the ROC curve by the rank-sum statistic, tied scores counted as half.
-
-    NaN when the labels hold only one class (the AUC is undefined, and a gate
-    must not mistake that for a number).
+    ctrops.models.metrics raises on undefined inputs so training notices; a
+    report records NaN instead, and the quality gate refuses any NaN metric.
     """
-    y_arr, p_arr, _ = _as_arrays(y, p)
-    pos = y_arr > 0.5
-    n_pos = int(pos.sum())
-    n_neg = y_arr.size - n_pos
-    if n_pos == 0 or n_neg == 0 or np.isnan(p_arr).any():
-        return float("nan")
-    order = np.argsort(p_arr, kind="mergesort")
-    sorted_p = p_arr[order]
-    # average rank (1-based) of each group of tied scores
-    boundaries = np.flatnonzero(np.diff(sorted_p)) + 1
-    starts = np.concatenate(([0], boundaries))
-    ends = np.concatenate((boundaries, [sorted_p.size]))
-    avg_rank = (starts + ends + 1) / 2.0
-    ranks = np.empty(sorted_p.size, dtype=np.float64)
-    ranks[order] = np.repeat(avg_rank, ends - starts)
-    rank_sum = ranks[pos].sum()
-    return float((rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
-
-
-def normalized_entropy(y: Any, p: Any, weights: Any = None) -> float:
-    """Log loss divided by the entropy of the observed positive rate (NaN if one class only)."""
-    y_arr, p_arr, w = _as_arrays(y, p, weights)
-    if y_arr.size == 0:
-        return float("nan")
-    rate = float(np.average(y_arr, weights=w))
-    if rate <= 0.0 or rate >= 1.0:
-        return float("nan")
-    base = -(rate * math.log(rate) + (1.0 - rate) * math.log(1.0 - rate))
-    return log_loss(y_arr, p_arr, w) / base
-
-
-def calibration_ratio(y: Any, p: Any, weights: Any = None) -> float:
-    """Sum of predictions over number of positives (NaN when there is no positive)."""
-    y_arr, p_arr, w = _as_arrays(y, p, weights)
-    observed = float(np.dot(y_arr, w)) if w is not None else float(y_arr.sum())
-    predicted = float(np.dot(p_arr, w)) if w is not None else float(p_arr.sum())
-    return predicted / observed if observed > 0 else float("nan")
-
-
-def _metric_functions() -> dict[str, Callable[..., float]]:
-    """The shared metric implementations when ctrops.models.metrics exists, else ours.
-
-    One definition of log loss across training, tuning and gating avoids a
-    gate that disagrees with the early-stopping curve by a rounding convention.
-    """
-    ours: dict[str, Callable[..., float]] = {
-        "log_loss": log_loss, "roc_auc": roc_auc,
-        "normalized_entropy": normalized_entropy, "calibration_ratio": calibration_ratio,
-    }
     try:
-        from ctrops.models import metrics as shared  # type: ignore[attr-defined]
-    except ImportError:
-        return ours
-    return {name: getattr(shared, name, fn) for name, fn in ours.items()}
+        return float(metric(*args))
+    except DataError:
+        return float("nan")
 
 
 def _accuracy(y: np.ndarray, p: np.ndarray, w: np.ndarray | None) -> dict[str, float]:
-    fns = _metric_functions()
-    # the shared module takes weights only for log loss; keep the others unweighted there
     return {
-        "log_loss": float(fns["log_loss"](y, p, w) if w is not None else fns["log_loss"](y, p)),
-        "auc": float(fns["roc_auc"](y, p)),
-        "normalized_entropy": float(normalized_entropy(y, p, w) if w is not None
-                                    else fns["normalized_entropy"](y, p)),
-        "calibration": float(calibration_ratio(y, p, w) if w is not None
-                             else fns["calibration_ratio"](y, p)),
+        "log_loss": _safe(metrics.log_loss, y, p, w),
+        "auc": _safe(metrics.roc_auc, y, p),
+        "normalized_entropy": _safe(metrics.normalized_entropy, y, p, w),
+        "calibration": _safe(metrics.calibration_ratio, y, p, w),
     }
 
 
@@ -303,13 +234,9 @@ class PerturbationResult:
 
 def _probabilities(model: ProbabilisticModel | ModelParams, X: FieldMatrix) -> np.ndarray:
     if isinstance(model, ModelParams):
-        try:
-            from ctrops.models.scoring import predict_logits  # type: ignore[import-not-found]
-        except ImportError:
-            from ctrops.models.reference import predict_proba as reference_proba
-            return reference_proba(model, X)
-        z = np.asarray(predict_logits(model, X), dtype=np.float64)
-        return 1.0 / (1.0 + np.exp(-z))
+        from ctrops.models.scoring import predict_proba
+
+        return np.asarray(predict_proba(model, X), dtype=np.float64)
     return np.asarray(model.predict_proba(X), dtype=np.float64)
 
 
@@ -357,12 +284,12 @@ def robustness(model: ProbabilisticModel | ModelParams, X: FieldMatrix, *,
         raise ValueError(f"field_names has {len(names)} names for {X.n_fields} fields")
     y = np.asarray(X.labels, dtype=np.float64)
     clean = _probabilities(model, X)
-    base_ll, base_auc = log_loss(y, clean), roc_auc(y, clean)
+    base_ll, base_auc = _safe(metrics.log_loss, y, clean), _safe(metrics.roc_auc, y, clean)
     present = np.unique(np.asarray(X.fields))
 
     def result(name: str, fname: str, kind: str, q: float, Xp: FieldMatrix) -> PerturbationResult:
         p = _probabilities(model, Xp)
-        ll, auc = log_loss(y, p), roc_auc(y, p)
+        ll, auc = _safe(metrics.log_loss, y, p), _safe(metrics.roc_auc, y, p)
         return PerturbationResult(name=name, field=fname, kind=kind, fraction=q, log_loss=ll, auc=auc,
                                   delta_log_loss=ll - base_ll, delta_auc=auc - base_auc)
 
@@ -431,8 +358,8 @@ def retraining_stability(model: Any, train: FieldMatrix, valid: FieldMatrix,
         est.fit(train, valid)
         p = np.asarray(est.predict_proba(valid), dtype=np.float64)
         preds.append(p)
-        lls.append(log_loss(y, p))
-        aucs.append(roc_auc(y, p))
+        lls.append(_safe(metrics.log_loss, y, p))
+        aucs.append(_safe(metrics.roc_auc, y, p))
     spread = float(np.std(np.vstack(preds), axis=0).mean()) if valid.n_rows else float("nan")
     return StabilityResult(seeds=seeds_t, log_losses=tuple(lls), aucs=tuple(aucs), prediction_spread=spread)
 
