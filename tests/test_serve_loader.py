@@ -1,0 +1,237 @@
+"""Loading from storage: validation before the swap, refusal keeps the old model, start-up fallback."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from starlette.testclient import TestClient
+
+from ctrops.artifact.format import PREAMBLE, save_parts
+from ctrops.artifact.manifest import publish_model, set_alias
+from ctrops.artifact.testing import encode_rows, make_model_parts
+from ctrops.models import reference
+from ctrops.predict import Predictor
+from ctrops.serve.app import build_loader, create_app
+from ctrops.serve.config import ServingConfig
+
+NAME = "ctr"
+CONTEXT = {"f0": "v1"}
+CANDIDATES = [{"f1": f"v{i}", "f2": f"v{(3 * i) % 10}"} for i in range(6)]
+
+
+def reference_scores(parts, context, candidates) -> np.ndarray:
+    return reference.predict_proba(parts.params, encode_rows(parts, [{**context, **c} for c in candidates]))
+
+
+def publish(tmp_path: Path, parts, version: int, aliases=("production",), canary=True):
+    path = tmp_path / f"build-{version}.ctm"
+    save_parts(path, parts)
+    rows = [{"context": CONTEXT, "candidates": CANDIDATES,
+             "expected": reference_scores(parts, CONTEXT, CANDIDATES).tolist()}] if canary else []
+    return publish_model(str(tmp_path / "store"), NAME, path, version=version, canary=rows, aliases=aliases)
+
+
+def inject(tmp_path: Path, version: int, blob: bytes, canary: list | None = None, alias="production") -> None:
+    """Put a file the publisher would refuse (corrupt, NaN) into storage with a matching manifest entry."""
+    rel = f"models/{NAME}/{version}/model.ctm"
+    target = tmp_path / "store" / rel
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(blob)
+    mpath = tmp_path / "store" / "models" / NAME / "manifest.json"
+    manifest = json.loads(mpath.read_text())
+    manifest["versions"].insert(0, {"version": version, "path": rel, "sha256": hashlib.sha256(blob).hexdigest(),
+                                    "size_bytes": len(blob), "created_at": "2026-11-23T00:00:00+00:00",
+                                    "model_type": "ffm", "metrics": {}, "canary": canary or []})
+    manifest["aliases"][alias] = version
+    mpath.write_text(json.dumps(manifest))
+
+
+def nan_file(tmp_path: Path, parts) -> bytes:
+    """A model file whose latent section holds a NaN but whose checksums are all consistent."""
+    path = tmp_path / "nan.ctm"
+    save_parts(path, parts)
+    raw = bytearray(path.read_bytes())
+    header_len = PREAMBLE.unpack_from(raw)[3]
+    header = json.loads(bytes(raw[64:64 + header_len]))
+    sec = next(s for s in header["sections"] if s["name"] == "latent")
+    struct.pack_into("<f", raw, sec["offset"] + 4 * 5, float("nan"))
+    new_sha = hashlib.sha256(raw[sec["offset"]:sec["offset"] + sec["nbytes"]]).hexdigest()
+    blob = bytes(raw[64:64 + header_len]).replace(sec["sha256"].encode(), new_sha.encode())
+    raw[64:64 + header_len] = blob
+    raw[24:56] = hashlib.sha256(blob).digest()  # header checksum in the preamble
+    return bytes(raw)
+
+
+def config(tmp_path: Path, **model) -> ServingConfig:
+    return ServingConfig.from_dict({"model": {"storage": str(tmp_path / "store"), "name": NAME, "poll_seconds": 0,
+                                              "cache_dir": str(tmp_path / "cache"), **model}}, source="t.yaml")
+
+
+def test_predictor_matches_reference_and_explains(tmp_path):
+    parts = make_model_parts("ffm", seed=1)
+    publish(tmp_path, parts, 1)
+    p = Predictor.from_manifest(str(tmp_path / "store"), NAME, "production", cache_dir=tmp_path / "cache")
+    assert p.model_version == 1
+    np.testing.assert_allclose(p.score(CONTEXT, CANDIDATES), reference_scores(parts, CONTEXT, CANDIDATES),
+                               rtol=1e-5, atol=1e-7)
+    ex = p.explain(CONTEXT, CANDIDATES[0])
+    assert {f["field"] for f in ex["features"]} == {"f0", "f1", "f2"}
+    assert ex["score"] == pytest.approx(float(reference_scores(parts, CONTEXT, CANDIDATES[:1])[0]), rel=1e-5)
+    p.close()
+
+
+def test_reload_swaps_to_a_good_new_version(tmp_path):
+    publish(tmp_path, make_model_parts("ffm", seed=1), 1)
+    loader = build_loader(config(tmp_path))
+    assert loader.reload().outcome == "success"
+    assert loader.state.versions() == {"production": 1}
+    assert loader.reload().outcome == "unchanged"
+    publish(tmp_path, make_model_parts("ffm", seed=2), 2)
+    assert loader.reload().outcome == "success" and loader.state.versions() == {"production": 2}
+
+
+@pytest.mark.parametrize("kind", ["bit_flip_after_publish", "corrupt_but_consistent_sha", "nan", "oversized",
+                                  "canary_mismatch", "truncated"])
+def test_bad_version_is_refused_and_old_model_keeps_serving(tmp_path, kind):
+    good = make_model_parts("ffm", seed=1)
+    publish(tmp_path, good, 1)
+    max_bytes = None
+    if kind == "bit_flip_after_publish":
+        publish(tmp_path, make_model_parts("ffm", seed=2), 2)
+        f = tmp_path / "store" / "models" / NAME / "2" / "model.ctm"
+        raw = bytearray(f.read_bytes()); raw[-10] ^= 0xFF; f.write_bytes(bytes(raw))
+    elif kind == "corrupt_but_consistent_sha":
+        src = tmp_path / "v2.ctm"; save_parts(src, make_model_parts("ffm", seed=2))
+        raw = bytearray(src.read_bytes()); raw[-10] ^= 0xFF
+        inject(tmp_path, 2, bytes(raw))
+    elif kind == "truncated":
+        src = tmp_path / "v2.ctm"; save_parts(src, make_model_parts("ffm", seed=2))
+        inject(tmp_path, 2, src.read_bytes()[:-100])
+    elif kind == "nan":
+        inject(tmp_path, 2, nan_file(tmp_path, make_model_parts("ffm", seed=2)))
+    elif kind == "oversized":
+        big = make_model_parts("ffm", seed=2, values_per_field=400)
+        publish(tmp_path, big, 2)
+        max_bytes = (tmp_path / "store" / "models" / NAME / "1" / "model.ctm").stat().st_size + 1000
+    elif kind == "canary_mismatch":
+        other = make_model_parts("ffm", seed=3)
+        src = tmp_path / "v2.ctm"; save_parts(src, make_model_parts("ffm", seed=2))
+        inject(tmp_path, 2, src.read_bytes(), canary=[{"context": CONTEXT, "candidates": CANDIDATES,
+                                                       "expected": reference_scores(other, CONTEXT, CANDIDATES).tolist()}])
+    loader = build_loader(config(tmp_path, max_bytes=max_bytes))
+    from ctrops.serve.metrics import ServerMetrics
+    loader.metrics = ServerMetrics()
+    # start-up: the bad newest version falls back to the newest good one
+    assert loader.reload().outcome == "success"
+    assert loader.state.versions() == {"production": 1}
+    assert loader.state.arms["production"].problem and "version 2 refused" in loader.state.arms["production"].problem
+    # later polls keep serving version 1 and do not retry the refused file
+    assert loader.reload().outcome == "failure"
+    assert loader.state.versions() == {"production": 1}
+    text = loader.metrics.render().decode()
+    assert "ctrops_model_versions_refused_total" in text and 'ctrops_reloads_total{outcome="failure"} 1.0' in text
+    # a following good version is picked up
+    publish(tmp_path, make_model_parts("ffm", seed=4), 3)
+    assert loader.reload().outcome == "success" and loader.state.versions() == {"production": 3}
+
+
+def test_bad_version_during_serving_keeps_old_model(tmp_path):
+    good = make_model_parts("ffm", seed=1)
+    publish(tmp_path, good, 1)
+    cfg = config(tmp_path)
+    loader = build_loader(cfg)
+    with TestClient(create_app(cfg, loader=loader)) as c:
+        body = {"context": CONTEXT, "candidates": [{"id": i, "fields": f} for i, f in enumerate(CANDIDATES)]}
+        before = c.post("/v1/predict", json=body).json()
+        assert before["model_version"] == 1
+        inject(tmp_path, 2, nan_file(tmp_path, make_model_parts("ffm", seed=2)))
+        assert loader.reload().outcome == "failure"
+        after = c.post("/v1/predict", json=body).json()
+        assert after["model_version"] == 1
+        assert [x["score"] for x in after["candidates"]] == [x["score"] for x in before["candidates"]]
+        by_id = {x["id"]: x["score"] for x in after["candidates"]}
+        np.testing.assert_allclose([by_id[i] for i in range(6)], reference_scores(good, CONTEXT, CANDIDATES),
+                                   rtol=1e-5)
+
+
+def test_no_good_version_fails_readiness_clearly(tmp_path):
+    publish(tmp_path, make_model_parts("ffm", seed=1), 1)
+    f = tmp_path / "store" / "models" / NAME / "1" / "model.ctm"
+    raw = bytearray(f.read_bytes()); raw[-10] ^= 0xFF; f.write_bytes(bytes(raw))
+    cfg = config(tmp_path)
+    with TestClient(create_app(cfg)) as c:
+        r = c.get("/readyz")
+        assert r.status_code == 503
+        assert "arm 'production' has no model" in r.json()["message"] and "version 1" in r.json()["message"]
+        assert c.post("/v1/predict", json={"context": {}, "candidates": [{"id": 1, "fields": {}}]}).status_code == 503
+
+
+def test_missing_storage_fails_readiness(tmp_path):
+    with TestClient(create_app(config(tmp_path))) as c:
+        r = c.get("/readyz")
+        assert r.status_code == 503 and "no manifest" in r.json()["message"]
+
+
+def test_experiment_arms_bind_aliases_and_changes_apply_on_reload(tmp_path):
+    publish(tmp_path, make_model_parts("ffm", seed=1), 1)
+    publish(tmp_path, make_model_parts("ffm", seed=2), 2, aliases=("candidate",))
+    exp = tmp_path / "exp.yaml"
+    exp.write_text("name: e\nsalt: s\narms:\n  - {name: production, share: 80, model: production}\n"
+                   "  - {name: candidate, share: 15, model: candidate}\n  - {name: random, share: 5, random: true}\n")
+    cfg = ServingConfig.from_dict({"model": {"storage": str(tmp_path / "store"), "name": NAME, "poll_seconds": 0,
+                                             "cache_dir": str(tmp_path / "cache")}, "experiment": "exp.yaml"},
+                                  source="t.yaml", base_dir=tmp_path)
+    loader = build_loader(cfg)
+    assert loader.reload().outcome == "success"
+    assert loader.state.versions() == {"production": 1, "candidate": 2, "random": None}
+    # the same Predictor object serves every arm bound to one version
+    exp.write_text("name: e2\nsalt: s\narms:\n  - {name: production, share: 50, model: production}\n"
+                   "  - {name: candidate, share: 50, model: 1}\n")
+    assert loader.reload().outcome == "success"
+    assert loader.state.versions() == {"production": 1, "candidate": 1}
+    assert loader.state.arms["production"].predictor is loader.state.arms["candidate"].predictor
+    # an invalid edit is refused and the running experiment stays
+    exp.write_text("name: e3\narms:\n  - {name: production, share: 50, model: nosuchalias}\n"
+                   "  - {name: b, share: 50, model: 1}\n")
+    result = loader.reload()
+    assert result.outcome == "failure" and "nosuchalias" in result.message
+    assert loader.state.experiment.name == "e2"
+    # promoting through the manifest alias is picked up
+    set_alias(str(tmp_path / "store"), NAME, "production", 2)
+    exp.write_text("name: e2\nsalt: s\narms:\n  - {name: production, share: 100, model: production}\n")
+    assert loader.reload().outcome == "success" and loader.state.versions() == {"production": 2}
+
+
+def test_swap_under_concurrent_scoring_fails_nothing(tmp_path):
+    publish(tmp_path, make_model_parts("ffm", seed=1), 1)
+    loader = build_loader(config(tmp_path))
+    loader.reload()
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def score_forever():
+        while not stop.is_set():
+            try:
+                state = loader.state
+                p = state.arms["production"].predictor
+                s = p.score(CONTEXT, CANDIDATES)
+                assert s.shape == (6,) and np.all((s > 0) & (s < 1))
+            except BaseException as exc:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=score_forever) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for v in range(2, 6):
+        publish(tmp_path, make_model_parts("ffm", seed=v), v)
+        assert loader.reload().outcome == "success"
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not errors and loader.state.versions() == {"production": 5}

@@ -1,0 +1,72 @@
+"""A real server process: after SIGTERM every tracking id it served is in the prediction log."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ctrops.artifact.format import save_parts
+from ctrops.artifact.manifest import publish_model
+from ctrops.artifact.testing import make_model_parts
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("runtime", ["uvicorn", "granian"])
+def test_sigterm_flushes_every_served_tracking_id(tmp_path: Path, runtime: str):
+    parts = make_model_parts("ffm", seed=1)
+    save_parts(tmp_path / "m.ctm", parts)
+    publish_model(str(tmp_path / "store"), "ctr", tmp_path / "m.ctm", version=1, aliases=("production",))
+    port = free_port()
+    (tmp_path / "serving.yaml").write_text(
+        f"model: {{storage: store, name: ctr, cache_dir: cache, poll_seconds: 0}}\n"
+        f"server: {{host: 127.0.0.1, port: {port}, workers: 1, runtime: {runtime}}}\n"
+        f"log: {{path: logs, format: jsonl, flush_seconds: 30, rotate_seconds: 3600}}\n")
+    # flush_seconds=30: nothing is written before SIGTERM unless shutdown drains the queue
+    proc = subprocess.Popen([sys.executable, "-m", "ctrops.cli_serve", "--config", str(tmp_path / "serving.yaml")],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env={**os.environ, "CTROPS_LOG_LEVEL": "WARNING"})
+    served: set[str] = set()
+    try:
+        deadline = time.monotonic() + 30
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+            while True:
+                try:
+                    if client.get("/readyz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert time.monotonic() < deadline and proc.poll() is None, "server did not become ready"
+                time.sleep(0.1)
+            for i in range(60):
+                body = {"user_id": f"u{i}", "context": {"f0": "v1"},
+                        "candidates": [{"id": j, "fields": {"f1": f"v{j}", "f2": "v3"}} for j in range(5)]}
+                r = client.post("/v1/predict", json=body)
+                assert r.status_code == 200
+                served |= {c["tracking_id"] for c in r.json()["candidates"]}
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    logged = set()
+    for path in (tmp_path / "logs").glob("predictions-*.jsonl"):
+        logged |= {json.loads(line)["tracking_id"] for line in path.read_text().splitlines()}
+    assert len(served) == 300
+    assert served <= logged, f"{len(served - logged)} served tracking ids missing from the log"
