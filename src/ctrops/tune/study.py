@@ -24,6 +24,9 @@ from ctrops.errors import ConfigError
 from ctrops.tune.space import SearchSpace
 
 STUDY_NAME = "ctrops-tuning"
+# warm-starting CMA-ES builds its prior from the best 10% of the source
+# trials (cmaes' gamma=0.1): fewer than 10 leave it nothing to start from
+MIN_SOURCE_TRIALS = 10
 log = logging.getLogger(__name__)
 
 
@@ -63,10 +66,10 @@ def _storage(study_path: str | Path) -> Any:
 
 
 def make_sampler(space: SearchSpace, source_trials: Sequence[Any] | None, seed: int) -> tuple[Any, str]:
-    """CMA-ES warm-started from `source_trials` when there are any, else (univariate) TPE."""
+    """CMA-ES warm-started from `source_trials` when there are enough, else (univariate) TPE."""
     import optuna
 
-    if source_trials:
+    if source_trials and len(source_trials) >= MIN_SOURCE_TRIALS:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             has_int = any(p.kind == "int" for p in space.params)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ctrops.tune.space import SearchSpace
+from ctrops.tune.study import MIN_SOURCE_TRIALS
 
 STUDY_ARTIFACT = "tuning/study.db"
 OBJECTIVE_VERSION_TAG = "objective_version"
@@ -109,8 +110,9 @@ def load_warm_start(client: Any, model_name: str, space: SearchSpace, *, alias: 
         log.warning("cannot read warm-start study %s: %s", local, exc)
         return WarmStart(reason=f"study artifact of run {mv.run_id} is unreadable ({exc}); using TPE",
                          source_run_id=mv.run_id, source_version=version)
-    if not trials:
-        return WarmStart(reason=f"study of run {mv.run_id} has no complete trial on the current space; using TPE",
+    if len(trials) < MIN_SOURCE_TRIALS:
+        return WarmStart(reason=f"study of run {mv.run_id} has {len(trials)} complete trial(s) on the current "
+                                f"space, fewer than the {MIN_SOURCE_TRIALS} warm-started CMA-ES needs; using TPE",
                          source_run_id=mv.run_id, source_version=version)
     return WarmStart(source_trials=trials, source_run_id=mv.run_id, source_version=version,
                      reason=f"warm start: {len(trials)} trials from {model_name} v{version} (run {mv.run_id}), "
