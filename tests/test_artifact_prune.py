@@ -115,7 +115,7 @@ def test_remap_matrix_matches_fresh_encoding():
 
 def test_hash_indexed_models_are_refused_with_a_reason():
     parts = make_model_parts("ffm", indexing="hash", seed=10)
-    with pytest.raises(ConfigError, match="cannot prune a 'hash'-indexed model"):
+    with pytest.raises(ConfigError, match="cannot prune a .hash.-indexed model without a vocabulary table"):
         prune_model(parts, threshold=0.1)
 
 
@@ -135,3 +135,32 @@ def test_pruned_model_round_trips_and_keeps_metadata(tmp_path):
         assert model.params.n_features == report.features_after
         assert model.metadata["pruning"]["dropped_by_value"] == 1
         assert model.metadata["trained_on"] == "synthetic"
+
+
+def test_hash_model_with_a_routing_table_prunes_shared_rows_soundly():
+    parts = make_model_parts("fm", indexing="hash", hash_space=16, n_fields=2, seed=13)
+    seed, reserved = parts.encoder_header["seed"], 4
+    tokens = [(f, f"v{i}") for f in range(2) for i in range(12)]
+    keys = np.array([feature_key(f, t, seed) for f, t in tokens], dtype=np.uint64)
+    rows = reserved + (keys % np.uint64(16)).astype(np.int64)
+    parts.encoder_arrays[VOCAB_KEYS], parts.encoder_arrays[VOCAB_VALUES] = vocab.build_table(keys, rows)
+    row_of = dict(zip(tokens, rows.tolist()))
+    shared = next(t for t in tokens if sum(r == row_of[t] for r in rows) > 1)
+    alone = next(t for t in tokens if sum(r == row_of[t] for r in rows) == 1)
+    drop: dict[str, list[str]] = {}
+    for f, t in (shared, alone):
+        drop.setdefault(f"f{f}", []).append(t)
+    pruned, report = prune_model(parts, drop_values=drop)
+    assert report.index_map[row_of[shared]] >= 0       # another kept value still uses the row
+    assert report.index_map[row_of[alone]] == -1
+    assert report.dropped_by_value == 1
+    assert report.dropped_unreachable == 16 - len(set(rows.tolist()))
+    assert report.features_after == reserved + len(set(rows.tolist())) - 1
+    # every kept value scores as before; dropped ones as the rare index
+    for (f, t), row in row_of.items():
+        got = vocab.lookup(pruned.encoder_arrays[VOCAB_KEYS], pruned.encoder_arrays[VOCAB_VALUES],
+                           np.array([feature_key(f, t, seed)], dtype=np.uint64))[0]
+        if (f, t) in (shared, alone):
+            assert got == -1
+        else:
+            np.testing.assert_array_equal(pruned.params.latent[got], parts.params.latent[row])

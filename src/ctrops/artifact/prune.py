@@ -7,12 +7,14 @@ renumbers the remaining features densely. A dropped value is simply absent from
 the table afterwards, so the encoder sends it to its field's rare index
 (2*field + 1) -- exactly what happens to any value the model never saw.
 
-Hash-indexed models are refused: their feature index is `2*n_fields + key %
-hash_space`, computed by every reader, so a row cannot be removed without
-changing the index of every slot after it, and one slot mixes many raw values
-(dropping a creative would drop unrelated values sharing its slot). Shrink
-those by re-fitting with `indexing="vocab"` (typically several times smaller)
-or by saving with dtype="float16".
+Whenever a model carries a table, the table alone decides every index, so the
+same procedure works for hash-indexed encoders that route kept keys through a
+table (rows shared by several keys survive while one of them is kept). Pure
+hash indexing (no table) is refused: its index `2*n_fields + key % hash_space`
+is computed by every reader, so a row cannot be removed without changing the
+index of every slot after it, and one slot mixes many raw values (dropping a
+creative would drop unrelated values sharing its slot). Shrink those by
+re-fitting with `indexing="vocab"` or by saving with dtype="float16".
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class PruneReport:
     features_after: int
     dropped_by_threshold: int
     dropped_by_value: int
+    dropped_unreachable: int  # rows no key of the table pointed at (e.g. hash slots no kept value used)
     values_not_in_vocab: dict[str, list[str]]
     bytes_before: int
     bytes_after: int
@@ -62,7 +65,8 @@ class PruneReport:
     def to_dict(self) -> dict[str, Any]:
         return {"features_before": self.features_before, "features_after": self.features_after,
                 "features_dropped": self.features_dropped, "dropped_by_threshold": self.dropped_by_threshold,
-                "dropped_by_value": self.dropped_by_value, "values_not_in_vocab": self.values_not_in_vocab,
+                "dropped_by_value": self.dropped_by_value,
+                "dropped_unreachable": self.dropped_unreachable, "values_not_in_vocab": self.values_not_in_vocab,
                 "bytes_before": self.bytes_before, "bytes_after": self.bytes_after,
                 "bytes_saved": self.bytes_saved, "valid_log_loss_before": self.valid_log_loss_before,
                 "valid_log_loss_after": self.valid_log_loss_after}
@@ -79,6 +83,23 @@ def find_vocab_table(encoder_arrays: Mapping[str, np.ndarray]) -> tuple[str, str
         raise ModelFileError(f"cannot find the vocabulary table among encoder arrays {sorted(encoder_arrays)} "
                              f"(expected {VOCAB_KEYS!r} uint64 and {VOCAB_VALUES!r} int32 of one length)")
     return pairs[0]
+
+
+def _table_or_refuse(parts: ModelParts) -> tuple[str, str]:
+    """The table to prune through; models without one (pure hash indexing) are refused."""
+    indexing = parts.encoder_header.get("indexing", "vocab")
+    try:
+        names: tuple[str, str] | None = find_vocab_table(parts.encoder_arrays)
+    except ModelFileError:
+        if indexing == "vocab":
+            raise
+        names = None
+    if names is None or parts.encoder_arrays[names[0]].size == 0:
+        raise ConfigError(f"cannot prune a {indexing!r}-indexed model without a vocabulary table: its feature "
+                          f"index is 2*n_fields + key % hash_space, computed by every reader, so rows cannot be "
+                          f"removed without renumbering every hash slot, and one slot mixes many values; re-fit "
+                          f"with indexing='vocab' or save with dtype='float16' to shrink it")
+    return names
 
 
 def _as_parts(model: ModelFile | ModelParts | str | Path) -> tuple[ModelParts, int | None, str]:
@@ -138,31 +159,33 @@ def prune_model(model: ModelFile | ModelParts | str | Path, *, threshold: float 
 
     `threshold=0.0` drops nothing by magnitude. Reserved indices (missing/rare of
     each field) are always kept. Values are matched as the encoder's tokens:
-    `feature_key(field_number, str(value), seed)`. With `valid` (encoded for the
-    input model), the report carries its log loss before and after pruning.
-    Bytes are reported for the input's storage dtype.
+    `feature_key(field_number, str(value), seed)`. A row survives while any kept
+    key of the table points at it (hash-indexed tables share rows between keys);
+    rows no key points at are dropped too. With `valid` (encoded for the input
+    model), the report carries its log loss before and after pruning. Bytes are
+    reported for the input's storage dtype.
     """
     parts, nbytes_before, dtype = _as_parts(model)
     params, header = parts.params, parts.encoder_header
-    indexing = header.get("indexing", "vocab")
-    if indexing != "vocab":
-        raise ConfigError(f"cannot prune a {indexing!r}-indexed model: its feature index is "
-                          f"2*n_fields + key % hash_space, so rows cannot be removed without renumbering "
-                          f"every hash slot, and one slot mixes many values; re-fit with indexing='vocab' "
-                          f"or save with dtype='float16' to shrink it")
     if threshold < 0 or not np.isfinite(threshold):
         raise ConfigError(f"prune threshold must be a finite number >= 0, got {threshold}")
-    keys_name, values_name = find_vocab_table(parts.encoder_arrays)
-    table_keys = np.asarray(parts.encoder_arrays[keys_name])
-    table_values = np.asarray(parts.encoder_arrays[values_name])
+    keys_name, values_name = _table_or_refuse(parts)
     n, reserved = params.n_features, 2 * params.n_fields
+    entry_keys, entry_rows = vocab.table_entries(np.asarray(parts.encoder_arrays[keys_name]),
+                                                 np.asarray(parts.encoder_arrays[values_name]))
+    entry_rows = entry_rows.astype(np.int64)
+    if entry_rows.size and (entry_rows.min() < reserved or entry_rows.max() >= n):
+        raise ModelFileError(f"vocabulary table values span {entry_rows.min()}..{entry_rows.max()}, outside the "
+                             f"learned feature rows {reserved}..{n - 1}")
+    referenced = np.zeros(n, dtype=bool)
+    referenced[entry_rows] = True
 
-    drop = _small_rows(params, threshold) if threshold > 0 else np.zeros(n, dtype=bool)
-    drop[:reserved] = False
-    by_threshold = int(drop.sum())
+    small = _small_rows(params, threshold) if threshold > 0 else np.zeros(n, dtype=bool)
+    small[:reserved] = False
+    small &= referenced
+    keep_entry = ~small[entry_rows]
 
     missing: dict[str, list[str]] = {}
-    by_value = 0
     if drop_values:
         names = _field_names(params, header, parts.metadata)
         seed = int(header.get("seed", 0))
@@ -172,16 +195,18 @@ def prune_model(model: ModelFile | ModelParts | str | Path, *, threshold: float 
                                   f"(fields: {', '.join(names)})")
             field_no = names.index(name)
             tokens = [str(v) for v in values]
-            keys = np.array([feature_key(field_no, t, seed) for t in tokens], dtype=np.uint64)
-            idx = vocab.lookup(table_keys, table_values, keys)
-            missing_tokens = [t for t, i in zip(tokens, idx) if i < 0]
-            if missing_tokens:
-                missing[name] = missing_tokens
-            hit = idx[idx >= reserved]
-            by_value += int((~drop[hit]).sum())
-            drop[hit] = True
+            keys = vocab.stored_key(np.array([feature_key(field_no, t, seed) for t in tokens], dtype=np.uint64))
+            present = np.isin(keys, entry_keys)
+            if not present.all():
+                missing[name] = [t for t, hit in zip(tokens, present) if not hit]
+            keep_entry &= ~np.isin(entry_keys, keys)
 
-    keep = ~drop
+    keep = np.zeros(n, dtype=bool)
+    keep[:reserved] = True
+    keep[entry_rows[keep_entry]] = True
+    by_threshold = int(small.sum())
+    by_value = int((referenced & ~small & ~keep).sum())
+    unreachable = int((~referenced[reserved:]).sum())
     index_map = np.where(keep, np.cumsum(keep) - 1, -1).astype(np.int64)
     n_after = int(keep.sum())
     new_params = ModelParams(
@@ -190,25 +215,23 @@ def prune_model(model: ModelFile | ModelParts | str | Path, *, threshold: float 
         linear=None if params.linear is None else np.ascontiguousarray(params.linear[keep], dtype=np.float32),
         latent=None if params.latent is None else np.ascontiguousarray(params.latent[keep], dtype=np.float32))
 
-    old_keys, old_values = vocab.table_entries(table_keys, table_values)
-    kept = keep[old_values]
-    new_keys, new_values = vocab.build_table(old_keys[kept], index_map[old_values[kept]])
     arrays = dict(parts.encoder_arrays)
-    arrays[keys_name], arrays[values_name] = new_keys, new_values
+    arrays[keys_name], arrays[values_name] = vocab.build_table(entry_keys[keep_entry],
+                                                              index_map[entry_rows[keep_entry]])
     new_header = dict(header)
-    for count_key in ("n_features",):
-        if count_key in new_header:
-            new_header[count_key] = n_after
+    if "n_features" in new_header:
+        new_header["n_features"] = n_after
     if "vocab_size" in new_header:
-        new_header["vocab_size"] = int(kept.sum())
+        new_header["vocab_size"] = int(keep_entry.sum())
     metadata = dict(parts.metadata)
     metadata["pruning"] = {"threshold": threshold, "dropped_by_threshold": by_threshold,
-                           "dropped_by_value": by_value, "features_before": n, "features_after": n_after}
+                           "dropped_by_value": by_value, "dropped_unreachable": unreachable,
+                           "features_before": n, "features_after": n_after}
     pruned = ModelParts(new_params, new_header, arrays, metadata)
 
     report = PruneReport(
         features_before=n, features_after=n_after, dropped_by_threshold=by_threshold, dropped_by_value=by_value,
-        values_not_in_vocab=missing,
+        dropped_unreachable=unreachable, values_not_in_vocab=missing,
         bytes_before=nbytes_before if nbytes_before is not None else file_size_of(parts, dtype),
         bytes_after=file_size_of(pruned, dtype), index_map=index_map)
     if valid is not None:
