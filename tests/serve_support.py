@@ -63,3 +63,53 @@ def request_body(n: int = 5, user: str | None = "u1", **extra) -> dict:
     if user is not None:
         body["user_id"] = user
     return body
+
+
+# ---- real models (FeatureEncoder + ModelParams + .ctm) ----------------------------------------
+
+FIELDS = ("f0", "f1", "f2")
+VALUES = tuple(f"v{i}" for i in range(10))
+
+
+def fitted_encoder(fields=FIELDS, values=VALUES, extra_numeric: bool = False):
+    """A vocab encoder that knows every value of `values` in every categorical field."""
+    from ctrops.data.features import FeatureEncoder
+    from ctrops.data.spec import FieldSpec
+
+    raw = {"label": "click", "categorical": list(fields)}
+    if extra_numeric:
+        raw["numeric"] = ["n0"]
+    spec = FieldSpec.from_dict(raw)
+    rows = [{f: v for f in fields} | ({"n0": i} if extra_numeric else {}) for i, v in enumerate(values)]
+    return FeatureEncoder(spec, indexing="vocab", min_count=1).fit(rows)
+
+
+def make_model(seed: int, model_type: str = "ffm", k: int = 4, encoder=None, scale: float = 0.4):
+    """(ModelParams, encoder) with random weights over a fitted encoder's features."""
+    from ctrops.models.params import ModelParams
+
+    enc = encoder if encoder is not None else fitted_encoder()
+    rng = np.random.default_rng(seed)
+    n, nf = enc.n_features_, enc.n_fields
+    shape = {"ffm": (n, nf, k), "fm": (n, k), "lr": None}[model_type]
+    params = ModelParams(model_type, n_features=n, n_fields=nf, k=k if shape else 0,
+                         bias=float(rng.normal(scale=0.3)),
+                         linear=(rng.normal(scale=scale, size=n)).astype(np.float32),
+                         latent=None if shape is None else rng.normal(scale=scale, size=shape).astype(np.float32))
+    return params, enc
+
+
+def save(path: Path, model) -> Path:
+    from ctrops.artifact.format import save_model
+
+    params, enc = model
+    save_model(path, params, enc.to_header(), enc.arrays(), {"purpose": "test"})
+    return path
+
+
+def reference_scores(model, context: dict, candidates: list[dict]) -> np.ndarray:
+    """Probabilities by the slow reference scorer over the encoder's batch transform of joined rows."""
+    from ctrops.models import reference
+
+    params, enc = model
+    return reference.predict_proba(params, enc.transform([{**context, **c} for c in candidates]))

@@ -12,21 +12,26 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
-from ctrops.artifact.format import PREAMBLE, save_parts
+from ctrops.artifact.format import PREAMBLE
 from ctrops.artifact.manifest import publish_model, set_alias
-from ctrops.artifact.testing import encode_rows, make_model_parts
-from ctrops.models import reference
 from ctrops.predict import Predictor
 from ctrops.serve.app import build_loader, create_app
 from ctrops.serve.config import ServingConfig
+from serve_support import fitted_encoder, make_model, reference_scores, save
 
 NAME = "ctr"
 CONTEXT = {"f0": "v1"}
 CANDIDATES = [{"f1": f"v{i}", "f2": f"v{(3 * i) % 10}"} for i in range(6)]
 
 
-def reference_scores(parts, context, candidates) -> np.ndarray:
-    return reference.predict_proba(parts.params, encode_rows(parts, [{**context, **c} for c in candidates]))
+
+def make_model_parts(model_type: str = "ffm", *, seed: int, values_per_field: int = 10):
+    values = tuple(f"v{i}" for i in range(values_per_field))
+    return make_model(seed, model_type, encoder=fitted_encoder(values=values))
+
+
+def save_parts(path: Path, model) -> Path:
+    return save(path, model)
 
 
 def publish(tmp_path: Path, parts, version: int, aliases=("production",), canary=True):
@@ -130,12 +135,15 @@ def test_bad_version_is_refused_and_old_model_keeps_serving(tmp_path, kind):
     # start-up: the bad newest version falls back to the newest good one
     assert loader.reload().outcome == "success"
     assert loader.state.versions() == {"production": 1}
-    assert loader.state.arms["production"].problem and "version 2 refused" in loader.state.arms["production"].problem
+    reason = {"bit_flip_after_publish": "fetch", "corrupt_but_consistent_sha": "checksum", "nan": "nonfinite",
+              "oversized": "size", "canary_mismatch": "canary", "truncated": "format"}[kind]
+    assert f"version 2 refused ({reason})" in loader.state.arms["production"].problem
     # later polls keep serving version 1 and do not retry the refused file
-    assert loader.reload().outcome == "failure"
+    assert loader.reload().outcome == "unchanged"
     assert loader.state.versions() == {"production": 1}
     text = loader.metrics.render().decode()
-    assert "ctrops_model_versions_refused_total" in text and 'ctrops_reloads_total{outcome="failure"} 1.0' in text
+    refused = [line for line in text.splitlines() if line.startswith("ctrops_model_versions_refused_total{")]
+    assert len(refused) == 1 and refused[0].endswith(" 1.0"), refused
     # a following good version is picked up
     publish(tmp_path, make_model_parts("ffm", seed=4), 3)
     assert loader.reload().outcome == "success" and loader.state.versions() == {"production": 3}
