@@ -14,9 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ctrops.artifact.format import save_parts
 from ctrops.artifact.manifest import publish_model
-from ctrops.artifact.testing import make_model_parts
+from serve_support import make_model, save
 
 pytestmark = pytest.mark.slow
 
@@ -29,8 +28,7 @@ def free_port() -> int:
 
 @pytest.mark.parametrize("runtime", ["uvicorn", "granian"])
 def test_sigterm_flushes_every_served_tracking_id(tmp_path: Path, runtime: str):
-    parts = make_model_parts("ffm", seed=1)
-    save_parts(tmp_path / "m.ctm", parts)
+    save(tmp_path / "m.ctm", make_model(1))
     publish_model(str(tmp_path / "store"), "ctr", tmp_path / "m.ctm", version=1, aliases=("production",))
     port = free_port()
     (tmp_path / "serving.yaml").write_text(
