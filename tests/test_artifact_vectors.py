@@ -106,3 +106,23 @@ def test_a_reader_written_from_the_spec_reproduces_the_vectors():
                 z += r * sum(p * q for p, q in zip(w(ja, fb), w(jb, fa))) * xa * xb
         assert abs(z - case["logit"]) < CASES["tolerance"]["logit_abs"]
         assert abs(1 / (1 + math.exp(-z)) - case["probability"]) < CASES["tolerance"]["probability_abs"]
+
+
+def test_the_production_encoder_and_predictor_agree_with_the_vectors():
+    from ctrops.data.features import FeatureEncoder
+    from ctrops.predict import Predictor
+
+    path = VECTORS / CASES["model_file"]
+    with load_model(path) as model:
+        encoder = FeatureEncoder.from_header(model.encoder_header, model.encoder_arrays)
+        rows = [{"label": 0, **c["input"]} for c in CASES["rows"]]
+        X = encoder.transform(rows)
+        expected_indices = [e[1] for c in CASES["rows"] for e in c["entries"]]
+        assert X.indices.tolist() == expected_indices
+    predictor = Predictor.from_file(path)
+    try:
+        for case in CASES["rows"]:
+            got = predictor.score({}, [case["input"]])
+            assert abs(float(got[0]) - case["probability"]) < CASES["tolerance"]["probability_abs"]
+    finally:
+        predictor.close()

@@ -221,8 +221,10 @@ def prune_model(model: ModelFile | ModelParts | str | Path, *, threshold: float 
     new_header = dict(header)
     if "n_features" in new_header:
         new_header["n_features"] = n_after
-    if "vocab_size" in new_header:
-        new_header["vocab_size"] = int(keep_entry.sum())
+    if "n_kept" in new_header:
+        new_header["n_kept"] = int(keep_entry.sum())
+    if "table_capacity" in new_header:
+        new_header["table_capacity"] = int(arrays[keys_name].size)
     metadata = dict(parts.metadata)
     metadata["pruning"] = {"threshold": threshold, "dropped_by_threshold": by_threshold,
                            "dropped_by_value": by_value, "dropped_unreachable": unreachable,
