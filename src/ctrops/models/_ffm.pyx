@@ -62,6 +62,23 @@ cdef extern from *:
         return w < 0.0f ? -m : m;
     }
 
+    /* Ask for every cache line of the weight rows of a row's features (the next row to train),
+       so its misses overlap the arithmetic of the current row. */
+    static inline void ctr_prefetch_feature(const float* W, Py_ssize_t j, Py_ssize_t sj) {
+    #if CTR_SSE
+        const char* p = (const char*)(W + j * sj);
+        const Py_ssize_t bytes = sj * (Py_ssize_t)sizeof(float);
+        for (Py_ssize_t off = 0; off < bytes; off += 64) _mm_prefetch(p + off, _MM_HINT_T0);
+    #endif
+    }
+
+    static inline void ctr_prefetch_entries(const void* p, Py_ssize_t nbytes) {
+    #if CTR_SSE
+        const char* c = (const char*)p;
+        for (Py_ssize_t off = 0; off < nbytes; off += 64) _mm_prefetch(c + off, _MM_HINT_T0);
+    #endif
+    }
+
     /* FFM: sum over a<b of <W[j_a, f_b], W[j_b, f_a]> x_a x_b */
     static inline float ctr_ffm_pairs(const int32_t* f, const int32_t* j, const float* x, Py_ssize_t n,
                                       const float* W, Py_ssize_t sj, Py_ssize_t sf, int k) {
@@ -143,7 +160,8 @@ cdef extern from *:
        kr = dloss/dt * r; both vectors of a pair are updated from their values before the step. */
     static inline void ctr_ffm_update(const int32_t* f, const int32_t* j, const float* x, Py_ssize_t n,
                                       float* W, Py_ssize_t sj, Py_ssize_t sf, int k,
-                                      float kr, float eta, float lam, float l1) {
+                                      float kr, float eta, float lam, float l1,
+                                      const int32_t* j_next, Py_ssize_t n_next) {
         Py_ssize_t a, b;
         int d;
     #if CTR_SSE
@@ -151,6 +169,8 @@ cdef extern from *:
             const __m128 vlam = _mm_set1_ps(lam), veta = _mm_set1_ps(eta), vl1 = _mm_set1_ps(l1);
             for (a = 0; a < n; a++) {
                 float* wa = W + (Py_ssize_t)j[a] * sj;
+                if (a < n_next) ctr_prefetch_feature(W, j_next[a], sj);
+                if (a == n - 1) for (b = n; b < n_next; b++) ctr_prefetch_feature(W, j_next[b], sj);
                 const Py_ssize_t fa = (Py_ssize_t)f[a] * sf;
                 const float xa = x[a];
                 for (b = a + 1; b < n; b++) {
@@ -267,7 +287,9 @@ cdef extern from *:
                         const float* W, Py_ssize_t sj, Py_ssize_t sf, int k) noexcept nogil
     void ctr_ffm_update(const int32_t* f, const int32_t* j, const float* x, Py_ssize_t n,
                         float* W, Py_ssize_t sj, Py_ssize_t sf, int k,
-                        float kr, float eta, float lam, float l1) noexcept nogil
+                        float kr, float eta, float lam, float l1,
+                        const int32_t* j_next, Py_ssize_t n_next) noexcept nogil
+    void ctr_prefetch_entries(const void* p, Py_ssize_t nbytes) noexcept nogil
     void ctr_fm_sums(const int32_t* j, const float* x, Py_ssize_t n,
                      const float* W, Py_ssize_t sj, int k, double* S, double* sq) noexcept nogil
     double ctr_fm_pairs(const int32_t* j, const float* x, Py_ssize_t n,
@@ -368,7 +390,7 @@ def fm_family_epoch(int model_code,
     Returns (weighted loss sum, weight sum) measured before each row's update.
     """
     cdef Py_ssize_t n_order = order.shape[0]
-    cdef Py_ssize_t p, i, lo, n
+    cdef Py_ssize_t p, i, lo, n, nxt, lo_next, n_next
     cdef Py_ssize_t sf = 2 * k
     cdef Py_ssize_t sj = (<Py_ssize_t>n_fields * sf) if model_code == 0 else 2 * k
     cdef bint has_lin = linear_state.shape[0] > 0
@@ -398,8 +420,21 @@ def fm_family_epoch(int model_code,
         loss += _logistic_step(t, labels[i], wt, &kappa)
         wsum += wt
         if model_code == 0:
+            # the next row's weights are fetched during this row's update; the entries of
+            # the row after it are fetched now so that its indices are at hand next time
+            lo_next = 0
+            n_next = 0
+            if p + 1 < n_order:
+                nxt = order[p + 1]
+                lo_next = indptr[nxt]
+                n_next = indptr[nxt + 1] - lo_next
+            if p + 2 < n_order:
+                nxt = order[p + 2]
+                ctr_prefetch_entries(&indices[indptr[nxt]], (indptr[nxt + 1] - indptr[nxt]) * 4)
+                ctr_prefetch_entries(&fields[indptr[nxt]], (indptr[nxt + 1] - indptr[nxt]) * 4)
+                ctr_prefetch_entries(&values[indptr[nxt]], (indptr[nxt + 1] - indptr[nxt]) * 4)
             ctr_ffm_update(&fields[lo], &indices[lo], &values[lo], n, W, sj, sf, k,
-                           <float>(kappa * r), eta, lam, l1)
+                           <float>(kappa * r), eta, lam, l1, &indices[lo_next], n_next)
         else:
             ctr_fm_update(&indices[lo], &values[lo], n, W, sj, k, <float>(kappa * r), eta, lam, l1)
         if has_lin:
