@@ -208,6 +208,8 @@ def _reject_reason(code: int, detail: int, columns: tuple[str, ...]) -> str:
     if code == _parse.REJECT_COLUMNS:
         return f"expected {len(columns)} columns, found {detail}"
     if code == _parse.REJECT_LABEL:
+        if not columns:
+            return "bad label (expected 0 or 1, or -1/+1)"
         return f"bad label in column {columns[detail]!r} (expected 0 or 1)"
     if code == _parse.REJECT_NUMBER:
         return f"non-numeric value in field {columns[detail]!r}"
@@ -469,13 +471,29 @@ def _csv_header(src: _Source, delimiter: str) -> list[str] | None:
     return next(csv.reader([text], delimiter=delimiter))
 
 
+def _open_csv(stream: IO[bytes], header: list[str], chunk_bytes: int, delimiter: str,
+              on_invalid: Callable[[Any], str], wanted: list[str]) -> Any:
+    """Arrow's streaming CSV reader with every wanted column as text (typed later, row by row)."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    # column names are given explicitly, so the reader starts right after the header line
+    return pacsv.open_csv(
+        stream,
+        read_options=pacsv.ReadOptions(column_names=header, block_size=chunk_bytes, use_threads=False),
+        parse_options=pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=on_invalid,
+                                         quote_char='"' if delimiter != "\t" else False),
+        convert_options=pacsv.ConvertOptions(
+            include_columns=wanted, column_types={c: pa.string() for c in wanted},
+            null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=True))
+
+
 def iter_csv_batches(path: str | os.PathLike, spec: FieldSpec, *, rejects: RejectLog | None = None,
                      delimiter: str = ",", columns: tuple[str, ...] | None = None,
                      chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress: Progress | None = None
                      ) -> Iterator[ValidBatch]:
     """Validated batches of a delimited file with a header (or `columns` naming a header-less one)."""
     import pyarrow as pa
-    import pyarrow.csv as pacsv
 
     rejects = rejects if rejects is not None else RejectLog(str(path))
     with _Source(path) as src:
@@ -497,15 +515,14 @@ def iter_csv_batches(path: str | os.PathLike, spec: FieldSpec, *, rejects: Rejec
             rejects.add(line, f"expected {row.expected_columns} columns, found {row.actual_columns}", row.text)
             return "skip"
 
-        # column names are given explicitly, so the reader starts right after the header line
-        reader = pacsv.open_csv(
-            src.stream,
-            read_options=pacsv.ReadOptions(column_names=header, block_size=chunk_bytes, use_threads=False),
-            parse_options=pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=on_invalid,
-                                             quote_char='"' if delimiter != "\t" else False),
-            convert_options=pacsv.ConvertOptions(
-                include_columns=wanted, column_types={c: pa.string() for c in wanted},
-                null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=True))
+        try:
+            reader = _open_csv(src.stream, header, chunk_bytes, delimiter, on_invalid, wanted)
+        except pa.ArrowInvalid as exc:
+            if "Empty CSV" in str(exc):
+                _warn_empty(str(path), "file has a header but no rows")
+                return
+            raise DataError(f"cannot parse as {'TSV' if delimiter == chr(9) else 'CSV'}: {exc}",
+                            path=str(path)) from None
         good_before = 0
         rows_total = 0
         while True:
