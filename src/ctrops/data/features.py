@@ -259,10 +259,11 @@ class FeatureEncoder:
         nf = self.spec.n_fields
         y = np.concatenate(labels) if labels else np.zeros(0, np.float32)
         n = len(y)
-        indices = np.concatenate(parts_idx) if len(parts_idx) != 1 else parts_idx[0]
-        values = np.concatenate(parts_val) if len(parts_val) != 1 else parts_val[0]
         if not parts_idx:
             indices, values = np.zeros(0, np.int32), np.zeros(0, np.float32)
+        else:
+            indices = np.concatenate(parts_idx) if len(parts_idx) != 1 else parts_idx[0]
+            values = np.concatenate(parts_val) if len(parts_val) != 1 else parts_val[0]
         w = None
         if weights is not None:
             w = np.concatenate([wi if wi is not None else np.ones(len(li), np.float32)
