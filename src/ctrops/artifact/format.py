@@ -331,6 +331,11 @@ def _check_header(path: Path, header: Any, file_size: int) -> None:
         raise ModelFileError(f"{path}: unknown model_type {header['model_type']!r}")
     if header["weight_dtype"] not in WEIGHT_DTYPES:
         raise ModelFileError(f"{path}: unknown weight_dtype {header['weight_dtype']!r}")
+    for key in ("n_features", "n_fields", "k"):
+        if header[key] < 0:
+            raise ModelFileError(f"{path}: header {key!r} is {header[key]}, expected >= 0")
+    if len(header["field_names"]) != header["n_fields"] or not all(isinstance(n, str) for n in header["field_names"]):
+        raise ModelFileError(f"{path}: header 'field_names' must be {header['n_fields']} strings")
     if header["file_size"] != file_size:
         kind = "truncated" if file_size < header["file_size"] else "has trailing bytes"
         raise ModelFileError(f"{path}: {kind}: the header says {header['file_size']} bytes, "
@@ -386,11 +391,14 @@ class ModelFile:
         self.encoder_arrays: dict[str, np.ndarray] = {
             name[len(ENCODER_PREFIX):]: arr for name, arr in arrays.items() if name.startswith(ENCODER_PREFIX)}
         self._buffer = buffer
-        self.params = ModelParams(
-            model_type=header["model_type"], n_features=header["n_features"], n_fields=header["n_fields"],
-            k=header["k"], bias=float(arrays["bias"][0]), linear=arrays.get("linear"),
-            latent=arrays.get("latent"), normalize=header["normalize"],
-            extra=dict(header.get("params_extra") or {}))
+        try:
+            self.params = ModelParams(
+                model_type=header["model_type"], n_features=header["n_features"], n_fields=header["n_fields"],
+                k=header["k"], bias=float(arrays["bias"][0]), linear=arrays.get("linear"),
+                latent=arrays.get("latent"), normalize=header["normalize"],
+                extra=dict(header.get("params_extra") or {}))
+        except (TypeError, ValueError) as exc:
+            raise ModelFileError(f"{path}: header does not describe a valid model: {exc}") from None
 
     @property
     def field_names(self) -> list[str]:
