@@ -164,3 +164,25 @@ def test_hash_model_with_a_routing_table_prunes_shared_rows_soundly():
             assert got == -1
         else:
             np.testing.assert_array_equal(pruned.params.latent[got], parts.params.latent[row])
+
+
+def test_drop_values_follow_the_encoder_token_rules():
+    from ctrops.data.features import FeatureEncoder
+    from ctrops.data.spec import FieldDef, FieldSpec
+
+    spec = FieldSpec(label="label", fields=(FieldDef("n", "numeric", "log2bin"), FieldDef("c", "categorical"),
+                                            FieldDef("r", "numeric", "raw")))
+    rows = [{"label": 0, "n": n, "c": c, "r": 0.5} for n in (1, 5, 100, 1000) for c in (7, "x", "y")]
+    enc = FeatureEncoder(spec, indexing="vocab", min_count=1, seed=3).fit(rows)
+    n = enc.n_features_
+    parts = make_model_parts("lr", n_fields=3)
+    parts.params = type(parts.params)("lr", n, 3, 0, linear=np.ones(n, np.float32))
+    parts.encoder_header, parts.encoder_arrays = enc.to_header(), enc.arrays()
+    pruned, report = prune_model(parts, drop_values={"c": [7.0], "n": ["105"]})  # 105 shares 100's bin
+    assert report.dropped_by_value == 2 and not report.values_not_in_vocab
+    after = FeatureEncoder.from_header(pruned.encoder_header, pruned.encoder_arrays)
+    X = after.transform([{"label": 0, "n": 100, "c": "7", "r": 1.0}, {"label": 0, "n": 5, "c": "x", "r": 1.0}])
+    assert X.indices[:2].tolist() == [reserved_rare(0), reserved_rare(1)]
+    assert X.indices[3] != reserved_rare(0) and X.indices[4] != reserved_rare(1)
+    with pytest.raises(ConfigError, match="raw numeric field"):
+        prune_model(parts, drop_values={"r": [0.5]})

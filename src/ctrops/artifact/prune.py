@@ -29,6 +29,7 @@ from ctrops.artifact import vocab
 from ctrops.artifact.format import ModelFile, ModelParts, _field_names, file_size_of, load_model
 from ctrops.data.hashing import feature_key
 from ctrops.data.matrix import FieldMatrix
+from ctrops.data.tokens import categorical_token, log2bin_token
 from ctrops.errors import ConfigError, ModelFileError
 from ctrops.models.params import ModelParams
 
@@ -83,6 +84,26 @@ def find_vocab_table(encoder_arrays: Mapping[str, np.ndarray]) -> tuple[str, str
         raise ModelFileError(f"cannot find the vocabulary table among encoder arrays {sorted(encoder_arrays)} "
                              f"(expected {VOCAB_KEYS!r} uint64 and {VOCAB_VALUES!r} int32 of one length)")
     return pairs[0]
+
+
+def _token(header: Mapping[str, Any], field_no: int, name: str, value: Any) -> str:
+    """The encoder's token for a raw value of field `field_no` (rules of ctrops.data.tokens)."""
+    fields = header.get("fields")
+    kind, transform = "categorical", None
+    if isinstance(fields, list) and field_no < len(fields) and isinstance(fields[field_no], Mapping):
+        kind, transform = fields[field_no].get("kind", "categorical"), fields[field_no].get("transform")
+    if kind == "categorical":
+        return categorical_token(value)
+    if transform == "raw":
+        raise ConfigError(f"drop_values: field {name!r} is a raw numeric field with a single feature; "
+                          f"its values cannot be dropped one by one")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"drop_values: {value!r} is not a number, but field {name!r} is numeric") from None
+    if not np.isfinite(number):
+        raise ConfigError(f"drop_values: {value!r} of numeric field {name!r} is not finite")
+    return log2bin_token(number)
 
 
 def _table_or_refuse(parts: ModelParts) -> tuple[str, str]:
@@ -158,8 +179,9 @@ def prune_model(model: ModelFile | ModelParts | str | Path, *, threshold: float 
     longer served), compact the arrays and rebuild the vocabulary table.
 
     `threshold=0.0` drops nothing by magnitude. Reserved indices (missing/rare of
-    each field) are always kept. Values are matched as the encoder's tokens:
-    `feature_key(field_number, str(value), seed)`. A row survives while any kept
+    each field) are always kept. Values are matched through the encoder's token
+    rules (`ctrops.data.tokens`: 7, 7.0 and "7" are one categorical value; a
+    log2bin numeric value drops its whole bin) and `feature_key(field, token, seed)`. A row survives while any kept
     key of the table points at it (hash-indexed tables share rows between keys);
     rows no key points at are dropped too. With `valid` (encoded for the input
     model), the report carries its log loss before and after pruning. Bytes are
@@ -194,7 +216,7 @@ def prune_model(model: ModelFile | ModelParts | str | Path, *, threshold: float 
                 raise ConfigError(f"drop_values names field {name!r}, which is not a field of this model "
                                   f"(fields: {', '.join(names)})")
             field_no = names.index(name)
-            tokens = [str(v) for v in values]
+            tokens = [_token(header, field_no, name, v) for v in values]
             keys = vocab.stored_key(np.array([feature_key(field_no, t, seed) for t in tokens], dtype=np.uint64))
             present = np.isin(keys, entry_keys)
             if not present.all():
