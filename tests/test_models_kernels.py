@@ -1,0 +1,215 @@
+"""Native kernels against the NumPy reference and against finite differences."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from _models_data import make_matrix, random_params
+
+from ctrops.data.matrix import FieldMatrix
+from ctrops.errors import DataError
+from ctrops.models import _ffm, reference, scoring
+from ctrops.models.params import ModelParams
+
+COMBOS = [(n, lin, b) for n in (True, False) for lin in (True, False) for b in (True, False)]
+
+
+@pytest.fixture(scope="module")
+def data() -> FieldMatrix:
+    return make_matrix(400, n_fields=7, card=9, seed=3, missing=0.25, real_values=True)
+
+
+@pytest.mark.parametrize("model_type", ["ffm", "fm", "lr"])
+@pytest.mark.parametrize("k", [4, 3, 8])
+@pytest.mark.parametrize("normalize,linear,bias", COMBOS)
+def test_batch_predictions_equal_reference(data, model_type, k, normalize, linear, bias):
+    params = random_params(model_type, data.n_features, data.n_fields, k, linear=linear, bias=bias,
+                           normalize=normalize, seed=k)
+    got = scoring.predict_logits(params, data)
+    want = reference.logits(params, data)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(scoring.predict_proba(params, data), reference.predict_proba(params, data),
+                               atol=1e-6)
+
+
+def test_parallel_batch_prediction_equals_serial():
+    X = make_matrix(_ffm.PARALLEL_MIN_ROWS * 2, n_fields=5, card=7, seed=1)
+    params = random_params("ffm", X.n_features, X.n_fields, 4)
+    np.testing.assert_array_equal(scoring.predict_logits(params, X, n_threads=2),
+                                  scoring.predict_logits(params, X, n_threads=1))
+
+
+def _request(rng, n_fields, n_features, n_ctx, n_cand, per_cand):
+    ctx_f = rng.choice(n_fields, size=n_ctx, replace=False).astype(np.int32)
+    ctx_j = rng.integers(0, n_features, size=n_ctx).astype(np.int32)
+    ctx_x = rng.uniform(0.5, 2, size=n_ctx).astype(np.float32)
+    lengths = rng.integers(0, per_cand + 1, size=n_cand)
+    lengths[0] = per_cand
+    indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    nnz = int(indptr[-1])
+    cf = rng.integers(0, n_fields, size=nnz).astype(np.int32)
+    cj = rng.integers(0, n_features, size=nnz).astype(np.int32)
+    cx = rng.uniform(0.5, 2, size=nnz).astype(np.float32)
+    return ctx_f, ctx_j, ctx_x, indptr, cf, cj, cx
+
+
+@pytest.mark.parametrize("model_type", ["ffm", "fm", "lr"])
+@pytest.mark.parametrize("k", [4, 5])
+@pytest.mark.parametrize("normalize,linear,bias", COMBOS)
+def test_score_candidates_equals_reference_rows(model_type, k, normalize, linear, bias):
+    rng = np.random.default_rng(k)
+    n_fields, n_features = 12, 300
+    params = random_params(model_type, n_features, n_fields, k, linear=linear, bias=bias, normalize=normalize,
+                           seed=7)
+    ctx_f, ctx_j, ctx_x, indptr, cf, cj, cx = _request(rng, n_fields, n_features, 8, 6, 4)
+    got = scoring.score_candidates(params, ctx_f, ctx_j, ctx_x, indptr, cf, cj, cx)
+    want = []
+    for c in range(len(indptr) - 1):
+        lo, hi = indptr[c], indptr[c + 1]
+        z = reference.row_logit(params, np.concatenate([ctx_f, cf[lo:hi]]), np.concatenate([ctx_j, cj[lo:hi]]),
+                                np.concatenate([ctx_x, cx[lo:hi]]))
+        want.append(1 / (1 + np.exp(-z)))
+    np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_score_candidates_converts_dtypes_and_fills_out():
+    rng = np.random.default_rng(0)
+    params = random_params("ffm", 100, 6, 4)
+    req = _request(rng, 6, 100, 4, 5, 3)
+    fast = scoring.score_candidates(params, *req)
+    slow_args = [a.astype(np.int64) if a.dtype.kind == "i" else a.astype(np.float64) for a in req]
+    out = np.full(5, -1.0)
+    res = scoring.score_candidates(params, *slow_args, out=out)
+    assert res is out
+    np.testing.assert_allclose(out, fast, atol=1e-7)
+    half = ModelParams(model_type="ffm", n_features=100, n_fields=6, k=4, bias=params.bias,
+                       linear=params.linear.astype(np.float16), latent=params.latent.astype(np.float16))
+    np.testing.assert_allclose(scoring.score_candidates(half, *req), fast, atol=2e-2)
+
+
+def test_score_candidates_rejects_out_of_range_indices():
+    rng = np.random.default_rng(0)
+    params = random_params("ffm", 100, 6, 4)
+    ctx_f, ctx_j, ctx_x, indptr, cf, cj, cx = _request(rng, 6, 100, 4, 3, 2)
+    cj = cj.copy()
+    cj[0] = 100
+    with pytest.raises(DataError, match="candidate feature index 100"):
+        scoring.score_candidates(params, ctx_f, ctx_j, ctx_x, indptr, cf, cj, cx)
+    ctx_f = ctx_f.copy()
+    ctx_f[0] = 6
+    with pytest.raises(DataError, match="context field 6"):
+        scoring.score_candidates(params, ctx_f, ctx_j, ctx_x, indptr, cf, cj, cx)
+    with pytest.raises(DataError, match="cand_indptr"):
+        scoring.score_candidates(params, ctx_f[:0], ctx_j[:0], ctx_x[:0], np.array([0, 2, 1]), cf[:2], cj[:2],
+                                 cx[:2])
+
+
+@pytest.mark.parametrize("model_type", ["ffm", "fm", "lr"])
+def test_contributions_sum_to_logit(model_type):
+    params = random_params(model_type, 50, 5, 4, seed=2)
+    f = np.array([0, 1, 2, 4], dtype=np.int32)
+    j = np.array([3, 17, 22, 49], dtype=np.int32)
+    x = np.array([1.0, 0.5, 2.0, 1.0], dtype=np.float32)
+    c = scoring.contributions(params, f, j, x)
+    assert c.logit == pytest.approx(reference.row_logit(params, f, j, x), abs=1e-6)
+    parts = c.bias + sum(e["contribution"] for e in c.linear) + sum(p["contribution"] for p in c.pairs)
+    assert parts == pytest.approx(c.logit, abs=1e-9)
+    assert len(c.pairs) == (0 if model_type == "lr" else 6)
+    top = scoring.contributions(params, f, j, x, top_pairs=2)
+    assert top.logit == pytest.approx(c.logit)
+    if model_type != "lr":
+        assert len(top.pairs) == 2 and abs(top.pairs[0]["contribution"]) >= abs(top.pairs[1]["contribution"])
+
+
+# --- gradients -----------------------------------------------------------------------------------
+
+def _row_loss(params, f, j, x, y):
+    z = reference.row_logit(params, f, j, x)
+    return float(np.logaddexp(0.0, -z if y > 0.5 else z))
+
+
+def _numeric_grad(params: ModelParams, arr: np.ndarray, flat_positions, f, j, x, y, eps=1e-6):
+    grads = []
+    for pos in flat_positions:
+        old = arr.flat[pos]
+        arr.flat[pos] = old + eps
+        up = _row_loss(params, f, j, x, y)
+        arr.flat[pos] = old - eps
+        down = _row_loss(params, f, j, x, y)
+        arr.flat[pos] = old
+        grads.append((up - down) / (2 * eps))
+    return np.array(grads)
+
+
+@pytest.mark.parametrize("model_type", ["ffm", "fm"])
+@pytest.mark.parametrize("k", [4, 3])
+@pytest.mark.parametrize("label", [0.0, 1.0])
+def test_one_adagrad_step_follows_the_loss_gradient(model_type, k, label):
+    """One step from accumulators at 1 with l2 = 0 moves each weight by -eta * g / sqrt(1 + g^2)."""
+    n_fields, n_features, eta = 4, 10, 0.05  # the step formula is exact for any eta
+    f = np.array([0, 1, 2, 3], dtype=np.int32)
+    j = np.array([1, 4, 6, 9], dtype=np.int32)
+    x = np.array([1.0, 0.7, 1.5, 0.4], dtype=np.float32)
+    params = random_params(model_type, n_features, n_fields, k, seed=11)
+    p64 = ModelParams(model_type=model_type, n_features=n_features, n_fields=n_fields, k=k, bias=params.bias,
+                      linear=params.linear.astype(np.float64), latent=params.latent.astype(np.float64))
+    lat_positions = [int(np.ravel_multi_index(ix, p64.latent.shape)) for ix in
+                     ([(jj, ff, d) for jj in j for ff in f for d in range(k) if ff != f[list(j).index(jj)]]
+                      if model_type == "ffm" else [(jj, d) for jj in j for d in range(k)])]
+    g_lat = _numeric_grad(p64, p64.latent, lat_positions, f, j, x, label)
+    g_lin = _numeric_grad(p64, p64.linear, list(j), f, j, x, label)
+    g_bias = 1 / (1 + np.exp(-reference.row_logit(p64, f, j, x))) - label
+
+    state = np.ones(params.latent.shape[:-1] + (2 * k,), dtype=np.float32)
+    state[..., :k] = params.latent
+    lin_state = np.ones((n_features, 2), dtype=np.float32)
+    lin_state[:, 0] = params.linear
+    bias_state = np.array([params.bias, 1.0])
+    one = np.zeros(1, dtype=np.int64)
+    _ffm.fm_family_epoch(_ffm.MODEL_CODES[model_type], np.array([0, 4], dtype=np.int64), f, j, x,
+                         np.array([label], dtype=np.float32), np.empty(0, dtype=np.float32), one,
+                         state.reshape(-1), n_fields, k, lin_state.reshape(-1), bias_state, eta, 0.0, 0.0, True, 1)
+    moved = (state[..., :k] - params.latent).astype(np.float64).reshape(-1)[lat_positions]
+    rtol = 2e-3 if k % 4 == 0 else 1e-4    # k % 4 == 0 uses the approximate rsqrt, like LIBFFM
+    np.testing.assert_allclose(moved, -eta * g_lat / np.sqrt(1 + g_lat ** 2), rtol=rtol, atol=1e-7)
+    np.testing.assert_allclose(lin_state[j, 0] - params.linear[j], -eta * g_lin / np.sqrt(1 + g_lin ** 2),
+                               rtol=1e-3, atol=1e-7)
+    assert bias_state[0] - params.bias == pytest.approx(-eta * g_bias / np.sqrt(1 + g_bias ** 2), rel=1e-6)
+    # the accumulators grew by g^2
+    np.testing.assert_allclose(lin_state[j, 1], 1 + g_lin ** 2, rtol=1e-4)
+    assert np.all(np.abs(moved) > 0)
+
+
+def test_ftrl_first_step_matches_closed_form():
+    """From z = n = 0 the first FTRL step gives w = -alpha * g / (beta + |g|) (no l1, l2)."""
+    alpha, beta = 0.1, 1.0
+    j = np.array([2, 5], dtype=np.int32)
+    x = np.array([1.0, 0.5], dtype=np.float32)
+    zn = np.zeros(16)
+    bias = np.zeros(2)
+    _ffm.lr_ftrl_epoch(np.array([0, 2], dtype=np.int64), j, x, np.array([1.0], dtype=np.float32),
+                       np.empty(0, dtype=np.float32), np.zeros(1, dtype=np.int64), zn, bias, alpha, beta, 0.0,
+                       0.0, 1)
+    g = (0.5 - 1.0) * x.astype(np.float64)   # p = sigmoid(0) = 0.5, y = 1
+    w = _ffm.ftrl_weights(zn, alpha, beta, 0.0, 0.0)
+    np.testing.assert_allclose(w[j], -alpha * g / (beta + np.abs(g)), rtol=1e-6)
+    assert np.count_nonzero(w) == 2
+    assert _ffm.ftrl_weights(zn, alpha, beta, 0.6, 0.0)[j].tolist() == [0.0, 0.0]   # |z| <= l1 -> exact zero
+
+
+def test_l1_proximal_step_makes_exact_zeros():
+    k, n_fields = 4, 3
+    f = np.array([0, 1, 2], dtype=np.int32)
+    j = np.array([0, 1, 2], dtype=np.int32)
+    x = np.ones(3, dtype=np.float32)
+    state = np.ones((3, n_fields, 2 * k), dtype=np.float32)
+    state[..., :k] = 1e-4
+    lin_state = np.ones((3, 2), dtype=np.float32)
+    lin_state[:, 0] = 1e-4
+    _ffm.fm_family_epoch(0, np.array([0, 3], dtype=np.int64), f, j, x, np.array([1.0], dtype=np.float32),
+                         np.empty(0, dtype=np.float32), np.zeros(1, dtype=np.int64), state.reshape(-1), n_fields,
+                         k, lin_state.reshape(-1), np.empty(0), 0.1, 0.0, 2.0, True, 1)
+    touched = np.array([state[0, 1, :k], state[0, 2, :k], state[1, 0, :k], state[1, 2, :k]])
+    assert np.all(touched == 0.0)
+    assert np.all(lin_state[:, 0] == 0.0)
+    assert np.all(state[0, 0, :k] == np.float32(1e-4))     # a (feature, own field) block is never used
