@@ -149,7 +149,7 @@ tp, _ = pylibffm.make_bin({str(workdir)!r}, tr, d['tr_y'], d['fields'])
 vp, _ = pylibffm.make_bin({str(workdir)!r}, va, d['va_y'], d['fields'])
 sys.stdout.flush()
 t = time.perf_counter()
-m = pylibffm.train_with_bin(tp, dict(eta=0.2, k=4, nr_iters={epochs}, normalization=True, auto_stop=False), vp)
+m = pylibffm.train_with_bin(tp, dict(eta=0.2, k=4, nr_iters={epochs}, normalization=True, auto_stop=True), vp)
 print('TOTAL_SECONDS', time.perf_counter() - t, flush=True)
 """
     try:
