@@ -49,8 +49,8 @@ class CriteoLikeWorld:
         self.pairs = [pairs[c] for c in chosen]
         self.latent = {}
         for i, j in self.pairs:  # latent vectors only where a pair interacts
-            self.latent[(i, j)] = rng.normal(0, 0.45, size=(int(sizes[i]), k))
-            self.latent[(j, i)] = rng.normal(0, 0.45, size=(int(sizes[j]), k))
+            self.latent[(i, j)] = rng.normal(0, 0.3, size=(int(sizes[i]), k))
+            self.latent[(j, i)] = rng.normal(0, 0.3, size=(int(sizes[j]), k))
         self.bias: float | None = None
         self.target_ctr = 0.2
 
