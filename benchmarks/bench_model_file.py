@@ -9,6 +9,8 @@
    `load_model(verify=True)` (+ sha256 of every section and finite weights)
    against the baseline of reading the whole file into memory with
    `np.fromfile` and taking the arrays from that buffer.
+3. Magnitude pruning of trained models: features, bytes and validation log
+   loss before and after (LR always; FFM in the full run).
 2. File size of a vocab-indexed (min_count=10) and a hash-indexed
    (hash_space=1e6) FFM on the same Criteo-shaped data (generated with
    /work/shared/bench/gen_criteo_like.py), with the encoder fitted by
@@ -131,6 +133,36 @@ def bench_sizes(out_dir: Path, rows: int) -> dict:
     return out
 
 
+def bench_prune(out_dir: Path, rows: int, with_ffm: bool) -> dict:
+    """Validation log loss and bytes after magnitude pruning of trained models (80/20 split by row order;
+    the vocabulary is fitted on all rows, the weights only on the first 80%)."""
+    from ctrops.artifact.format import ModelParts
+    from ctrops.artifact.prune import prune_model
+    from ctrops.data.dataset import load_dataset
+    from ctrops.data.features import FeatureEncoder
+    from ctrops.data.spec import FieldSpec
+    from ctrops.models.estimators import FFM, LogisticRegression
+
+    encoder = FeatureEncoder(FieldSpec.criteo(), indexing="vocab", min_count=10, seed=0)
+    X, _ = load_dataset(str(criteo_rows(out_dir, rows)), "criteo", encoder=encoder, rejects=False)
+    cut = int(X.n_rows * 0.8)
+    train, valid = X.take(slice(0, cut)), X.take(slice(cut, X.n_rows))
+    models = [("lr (FTRL, l1=1e-4)", LogisticRegression(l1=1e-4), (1e-3, 1e-2, 3e-2))]
+    if with_ffm:
+        models.append(("ffm (k=4)", FFM(k=4, epochs=10, n_threads=2), (1e-2, 1e-1)))
+    out = {}
+    for name, estimator, thresholds in models:
+        estimator.fit(train, valid)
+        parts = ModelParts(estimator.params_, encoder.to_header(), encoder.arrays(), {})
+        sweep = []
+        for threshold in thresholds:
+            _, rep = prune_model(parts, threshold=threshold, valid=valid)
+            sweep.append({"threshold": threshold, **{k: v for k, v in rep.to_dict().items()
+                                                     if k != "values_not_in_vocab"}})
+        out[name] = sweep
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small smoke run")
@@ -159,7 +191,16 @@ def main() -> None:
     print(f"  hash (hash_space=1e6) [baseline]: {h['n_features']:>9} features, {h['file_bytes'] / 1e6:9.1f} MB")
     print(f"  vocab:                            {v['n_features']:>9} features, {v['file_bytes'] / 1e6:9.1f} MB "
           f"= {sizes['vocab_over_hash']:.3f} of hash (target < 0.25)")
-    json.dump({"load": {k: v for k, v in load.items()}, "sizes": sizes}, sys.stderr)
+    prune = bench_prune(args.out, rows, with_ffm=not args.quick)
+    print(f"Magnitude pruning (drop rows whose every weight is below the threshold), {rows} rows, "
+          f"valid = last 20%:")
+    for name, sweep in prune.items():
+        for r in sweep:
+            print(f"  {name:20s} threshold {r['threshold']:<6g}: features {r['features_before']} -> "
+                  f"{r['features_after']}, file {r['bytes_before'] / 1e6:.2f} -> {r['bytes_after'] / 1e6:.2f} MB, "
+                  f"valid log loss {r['valid_log_loss_before']:.5f} [baseline] -> {r['valid_log_loss_after']:.5f} "
+                  f"({r['valid_log_loss_after'] / r['valid_log_loss_before']:.4f}x)")
+    json.dump({"load": load, "sizes": sizes, "prune": prune}, sys.stderr)
     sys.stderr.write("\n")
 
 
