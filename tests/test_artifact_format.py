@@ -116,8 +116,14 @@ def test_arrays_are_zero_copy_views_of_the_map(tmp_path):
     assert np.array_equal(latent, parts.params.latent)
     del latent, arr, base, owner
     model2 = load_model(path)
+    mapping = model2._buffer
     model2.close()
-    assert model2._buffer is None
+    assert mapping.closed  # nothing else held an array: unmapped at once
+    model3 = load_model(path)
+    kept = model3.params
+    mapping = model3._buffer
+    model3.close()
+    assert not mapping.closed and np.array_equal(kept.latent, parts.params.latent)
 
 
 def test_load_without_mmap_matches(tmp_path):

@@ -412,9 +412,14 @@ class ModelFile:
         return ModelParts(self.params, dict(self.encoder_header), dict(self.encoder_arrays), dict(self.metadata))
 
     def close(self) -> None:
-        """Drop this object's references and unmap if no array is still in use elsewhere."""
+        """Drop this object's arrays and unmap the file if no array is still in use elsewhere.
+
+        Arrays handed out earlier (e.g. a predictor's params) stay valid: the map
+        then closes when the last of them is garbage-collected, never under them.
+        """
         buf, self._buffer = self._buffer, None
         self.encoder_arrays = {}
+        self.params = None  # type: ignore[assignment]
         if isinstance(buf, mmap.mmap):
             try:
                 buf.close()
