@@ -157,7 +157,7 @@ def train_files(train_path: str, out: str, *, fmt: str, valid_path: str | None =
     report: dict[str, Any] = {
         "model": opts.model, "options": {k: v for k, v in vars(opts).items()},
         "train_rows": train.n_rows, "rejected_rows": train_read.rows_rejected,
-        "train_reject_file": train_read.reject_path,
+        "train_reject_file": str(Path(train_read.reject_path).resolve()) if train_read.reject_path else None,
         "valid_rows": valid.n_rows if valid is not None else 0,
         "valid_rejected_rows": valid_read.rows_rejected if valid_read else 0,
         "n_features": int(est.params_.n_features), "n_fields": int(est.params_.n_fields),
