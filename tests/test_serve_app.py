@@ -176,3 +176,16 @@ def test_schemathesis_finds_no_server_errors(tmp_path):
             check()
     assert not failures, failures[:3]
     assert ("/v1/predict", 200) in seen and ("/v1/predict", 422) in seen  # the generator reached both
+
+
+def test_render_response_is_the_documented_json():
+    from ctrops.serve.app import render_response
+
+    ids = ['a"b', "caf\u00e9", 3, "x\\y"]
+    out = json.loads(render_response("r%1", "e", "arm", None, "p" * 28, ids, [0.25, 0.5, 1e-20, 0.75],
+                                     [3, 1, 0, 2]))
+    assert out == {"request_id": "r%1", "experiment": "e", "arm": "arm", "model_version": None, "candidates": [
+        {"id": "x\\y", "score": 0.75, "rank": 1, "tracking_id": "p" * 28 + "0003"},
+        {"id": "caf\u00e9", "score": 0.5, "rank": 2, "tracking_id": "p" * 28 + "0001"},
+        {"id": 'a"b', "score": 0.25, "rank": 3, "tracking_id": "p" * 28 + "0000"},
+        {"id": 3, "score": 1e-20, "rank": 4, "tracking_id": "p" * 28 + "0002"}]}

@@ -47,10 +47,12 @@ def test_jsonl_records_and_rotation(tmp_path):
     first = [r for r in rows if r["request_id"] == "r0"]
     assert [r["rank"] for r in first] == [1, 2, 3]
     assert first[0]["candidate_id"] == "ad0" and first[0]["tracking_id"] == f"{0:028x}0000"
-    assert first[0]["passthrough"] == {"auction": "a0", "bid": 1.5}
-    assert first[1]["passthrough"] == {"auction": "a0"}
+    assert first[0]["passthrough"] == {"auction": "a0"} and first[0]["candidate_passthrough"] == {"bid": 1.5}
+    assert first[1]["passthrough"] == {"auction": "a0"} and first[1]["candidate_passthrough"] is None
+    assert first[0]["score"] == pytest.approx(0.9) and first[2]["score"] == pytest.approx(0.1)
     assert set(first[0]) == {"schema", "ts_ms", "request_id", "unit_id", "experiment", "arm", "model_name",
-                             "model_version", "tracking_id", "candidate_id", "score", "rank", "passthrough"}
+                             "model_version", "tracking_id", "candidate_id", "score", "rank", "passthrough",
+                             "candidate_passthrough"}
 
 
 def test_parquet_records(tmp_path):
@@ -60,8 +62,30 @@ def test_parquet_records(tmp_path):
     sink.close()
     table = pq.read_table(sorted(tmp_path.glob("predictions-*.parquet")))
     assert table.num_rows == 10
-    assert table.column("rank").to_pylist()[:2] == [1, 2]
-    assert table.column("model_version").to_pylist()[0] == 4
+    rows = table.to_pylist()
+    jsonl_dir = tmp_path / "j"
+    sink = PredictionLog(LogConfig(str(jsonl_dir), "jsonl", flush_seconds=0.01)).start()
+    for i in range(5):
+        sink.submit(entry(i, n=4, top=2))
+    sink.close()
+    # the two formats hold the same records
+    for a, b in zip(rows, read_jsonl(jsonl_dir)):
+        for key in ("passthrough", "candidate_passthrough"):
+            a[key] = None if a[key] is None else json.loads(a[key])
+        assert a == b
+    assert [r["rank"] for r in rows[:2]] == [1, 2] and rows[0]["model_version"] == 4
+    assert rows[0]["tracking_id"] == f"{0:028x}0000" and rows[0]["candidate_passthrough"] == {"bid": 1.5}
+
+
+def test_integer_and_escaped_candidate_ids(tmp_path):
+    e = entry(0)._replace(candidate_ids=[7, 'say "hi"', "caf\u00e9"])
+    for fmt in ("jsonl", "parquet"):
+        sink = PredictionLog(LogConfig(str(tmp_path / fmt), fmt, flush_seconds=0.01)).start()
+        sink.submit(e)
+        sink.close()
+    assert [r["candidate_id"] for r in read_jsonl(tmp_path / "jsonl")] == ["7", 'say "hi"', "caf\u00e9"]
+    table = pq.read_table(sorted((tmp_path / "parquet").glob("*.parquet")))
+    assert table.column("candidate_id").to_pylist() == ["7", 'say "hi"', "caf\u00e9"]
 
 
 def test_full_queue_drops_and_counts(tmp_path):

@@ -28,15 +28,42 @@ from ctrops.serve.loader import ModelStore, ServingLoader
 from ctrops.serve.logging_sink import PredictionLog, RequestLog
 from ctrops.serve.metrics import ServerMetrics
 from ctrops.serve.schema import RequestError, openapi_document, parse_json, validate_predict
-from ctrops.serve.tracking import TrackingIds
+from ctrops.serve.tracking import SUFFIXES, TrackingIds
 
 log = logging.getLogger("ctrops.serve.app")
 _JSON = "application/json"
 _dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+_encode_str = json.encoder.encode_basestring_ascii
 
 
 def _error(status: int, kind: str, message: str) -> Response:
     return Response(_dumps({"error": kind, "message": message}).encode(), status_code=status, media_type=_JSON)
+
+
+_ID_STR = {str}
+_ID_INT = {int}
+
+
+def render_response(request_id: str, experiment: str, arm: str, version: int | None, prefix: str,
+                    ids: list, scores: list[float], order: list[int]) -> bytes:
+    """The response JSON, built with C-level map/format over the ranked candidates.
+
+    Equivalent to json.dumps of the documented object; ids are JSON-escaped by
+    the json module's own string encoder, scores use float repr (as json does).
+    """
+    kinds = set(map(type, ids))
+    if kinds == _ID_STR:
+        ids_json = list(map(_encode_str, ids))
+    elif kinds == _ID_INT:
+        ids_json = ids
+    else:
+        ids_json = [_encode_str(i) if type(i) is str else str(i) for i in ids]
+    row = '{"id":%s,"score":%r,"rank":%d,"tracking_id":"' + prefix + '%s"}'
+    get_id, get_score = ids_json.__getitem__, scores.__getitem__
+    rows = ",".join(map(row.__mod__, zip(map(get_id, order), map(get_score, order),
+                                         range(1, len(order) + 1), map(SUFFIXES.__getitem__, order))))
+    head = _dumps({"request_id": request_id, "experiment": experiment, "arm": arm, "model_version": version})
+    return f'{head[:-1]},"candidates":[{rows}]}}'.encode()
 
 
 def build_loader(config: ServingConfig, metrics: ServerMetrics | None = None) -> ServingLoader:
@@ -109,11 +136,8 @@ class PredictionService:
         if req.top_k is not None and req.top_k < n:
             order = order[:req.top_k]
         ids = req.candidate_ids
-        score_list = scores.tolist()
-        out = [{"id": ids[pos], "score": score_list[pos], "rank": rank, "tracking_id": f"{prefix}{pos:04x}"}
-               for rank, pos in enumerate(order.tolist(), 1)]
-        body_out = _dumps({"request_id": request_id, "experiment": state.experiment.name, "arm": arm.name,
-                           "model_version": version, "candidates": out}).encode()
+        body_out = render_response(request_id, state.experiment.name, arm.name, version, prefix, ids,
+                                   scores.tolist(), order.tolist())
         counter = self._arm_counters.get(arm.name)
         if counter is None:
             counter = self._arm_counters[arm.name] = self.metrics.predictions.labels(arm.name)

@@ -21,12 +21,14 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any, NamedTuple
 
 import fsspec
 import numpy as np
 
 from ctrops.errors import ConfigError
+from ctrops.serve.tracking import MAX_CANDIDATES, SUFFIXES
 
 log = logging.getLogger("ctrops.serve.log")
 
@@ -249,52 +251,73 @@ class PredictionLog:
         return n
 
     def _write_jsonl(self, batch: list[RequestLog]) -> int:
-        dumps = json.dumps
         lines: list[str] = []
         for e in batch:
-            head = (f'{{"schema":{SCHEMA_VERSION},"ts_ms":{e.ts_ms},"request_id":{dumps(e.request_id)},'
-                    f'"unit_id":{dumps(e.unit_id)},"experiment":{dumps(e.experiment)},'
-                    f'"arm":{dumps(e.arm)},"model_name":{dumps(e.model_name)},'
-                    f'"model_version":{dumps(e.model_version)},"tracking_id":"{e.tracking_prefix}')
+            head = (f'{{"schema":{SCHEMA_VERSION},"ts_ms":{e.ts_ms},"request_id":{_json_str(e.request_id)},'
+                    f'"unit_id":{_json_str(e.unit_id)},"experiment":{_json_str(e.experiment)},'
+                    f'"arm":{_json_str(e.arm)},"model_name":{_json_value(e.model_name)},'
+                    f'"model_version":{_json_value(e.model_version)},'
+                    f'"passthrough":{_json_value(e.passthrough)},"tracking_id":"{e.tracking_prefix}')
+            row = (head.replace("%", "%%") + '%s","candidate_id":%s,"score":%r,"rank":%d,'
+                   '"candidate_passthrough":%s}\n')
+            order = e.order.tolist()
             scores = e.scores.tolist()
-            for rank, pos in enumerate(e.order.tolist(), 1):
-                lines.append(
-                    f'{head}{pos:04x}","candidate_id":{dumps(e.candidate_ids[pos])},'
-                    f'"score":{scores[pos]!r},"rank":{rank},'
-                    f'"passthrough":{_passthrough_json(e.passthrough, e.candidate_passthrough[pos])}}}\n')
+            ids = _ids_as_text(e.candidate_ids)
+            cp = e.candidate_passthrough
+            lines.extend(map(row.__mod__, zip(
+                map(SUFFIXES.__getitem__, order), map(_json_str, map(ids.__getitem__, order)),
+                map(scores.__getitem__, order), range(1, len(order) + 1),
+                map(_json_value, map(cp.__getitem__, order)))))
         self._file.write("".join(lines).encode())
         return len(lines)
 
     def _write_parquet(self, batch: list[RequestLog]) -> int:
+        """Columns built per batch with NumPy/Arrow gathers; Python work is per request, not per record."""
         import pyarrow as pa
+        import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
-        cols: dict[str, list] = {k: [] for k in PARQUET_SCHEMA_NAMES}
-        for e in batch:
-            order = e.order.tolist()
-            m = len(order)
-            scores = e.scores.tolist()
-            cols["schema"].extend([SCHEMA_VERSION] * m)
-            cols["ts_ms"].extend([e.ts_ms] * m)
-            cols["request_id"].extend([e.request_id] * m)
-            cols["unit_id"].extend([e.unit_id] * m)
-            cols["experiment"].extend([e.experiment] * m)
-            cols["arm"].extend([e.arm] * m)
-            cols["model_name"].extend([e.model_name] * m)
-            cols["model_version"].extend([e.model_version] * m)
-            pre = e.tracking_prefix
-            cols["tracking_id"].extend([f"{pre}{pos:04x}" for pos in order])
-            ids = e.candidate_ids
-            cols["candidate_id"].extend([str(ids[pos]) for pos in order])
-            cols["score"].extend([scores[pos] for pos in order])
-            cols["rank"].extend(range(1, m + 1))
-            cp = e.candidate_passthrough
-            cols["passthrough"].extend([_passthrough_json(e.passthrough, cp[pos]) for pos in order])
-        table = pa.table(cols, schema=parquet_schema())
+        counts = np.fromiter((len(e.order) for e in batch), dtype=np.int64, count=len(batch))
+        total = int(counts.sum())
+        req_of = np.repeat(np.arange(len(batch)), counts)
+        take = pa.array(req_of)
+
+        def per_request(values: list, typ) -> pa.Array:
+            return pa.array(values, type=typ).take(take)
+
+        order_all = np.concatenate([e.order for e in batch]).astype(np.int64)
+        sizes = np.fromiter((len(e.candidate_ids) for e in batch), dtype=np.int64, count=len(batch))
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        flat_pos = pa.array(order_all + np.repeat(starts, counts))
+        flat_ids = _ids_as_text(list(chain.from_iterable(e.candidate_ids for e in batch)))
+        flat_cp = list(chain.from_iterable(e.candidate_passthrough for e in batch))
+        if any(p is not None for p in flat_cp):
+            cp = pa.array(list(map(_json_or_none, flat_cp)), type=pa.string()).take(flat_pos)
+        else:
+            cp = pa.nulls(total, pa.string())
+        prefixes = per_request([e.tracking_prefix for e in batch], pa.string())
+        suffixes = _SUFFIX_ARROW().take(pa.array(order_all))
+        columns = {
+            "schema": pa.array(np.full(total, SCHEMA_VERSION, dtype=np.int16)),
+            "ts_ms": per_request([e.ts_ms for e in batch], pa.int64()),
+            "request_id": per_request([e.request_id for e in batch], pa.string()),
+            "unit_id": per_request([e.unit_id for e in batch], pa.string()),
+            "experiment": per_request([e.experiment for e in batch], pa.string()),
+            "arm": per_request([e.arm for e in batch], pa.string()),
+            "model_name": per_request([e.model_name for e in batch], pa.string()),
+            "model_version": per_request([e.model_version for e in batch], pa.int64()),
+            "passthrough": per_request([_json_or_none(e.passthrough) for e in batch], pa.string()),
+            "tracking_id": pc.binary_join_element_wise(prefixes, suffixes, ""),
+            "candidate_id": pa.array(flat_ids, type=pa.string()).take(flat_pos),
+            "score": pa.array(np.concatenate([e.scores[e.order] for e in batch]).astype(np.float64)),
+            "rank": pa.array(np.concatenate([_RANKS[:c] for c in counts.tolist()])),
+            "candidate_passthrough": cp,
+        }
+        table = pa.table(columns, schema=parquet_schema())
         if self._parquet is None:
             self._parquet = pq.ParquetWriter(self._file, table.schema, compression="zstd")
         self._parquet.write_table(table)
-        return table.num_rows
+        return total
 
     def _write_debug(self, records: list[dict]) -> None:
         if self._debug_file is None:
@@ -304,8 +327,43 @@ class PredictionLog:
         self._debug_file.flush()
 
 
-PARQUET_SCHEMA_NAMES = ("schema", "ts_ms", "request_id", "unit_id", "experiment", "arm", "model_name",
-                        "model_version", "tracking_id", "candidate_id", "score", "rank", "passthrough")
+_RANKS = np.arange(1, MAX_CANDIDATES + 1, dtype=np.int32)
+_json_str = json.encoder.encode_basestring_ascii
+_c_encoder = json.encoder.c_make_encoder
+_encode_value = (
+    (lambda v, _e=_c_encoder(None, None, _json_str, None, ":", ",", False, False, True): "".join(_e(v, 0)))
+    if _c_encoder is not None else json.JSONEncoder(separators=(",", ":")).encode)
+
+
+def _json_value(v: Any) -> str:
+    """JSON text of a scalar or a flat passthrough object."""
+    if v is None:
+        return "null"
+    if type(v) is str:
+        return _json_str(v)
+    return _encode_value(v)
+
+
+def _json_or_none(v: Any) -> str | None:
+    return None if v is None else _encode_value(v)
+
+
+def _ids_as_text(ids: list) -> list[str]:
+    kinds = set(map(type, ids))
+    if kinds <= {str}:
+        return ids
+    return list(map(str, ids))
+
+
+_suffix_arrow = None
+
+
+def _SUFFIX_ARROW():
+    global _suffix_arrow
+    if _suffix_arrow is None:
+        import pyarrow as pa
+        _suffix_arrow = pa.array(SUFFIXES, type=pa.string())
+    return _suffix_arrow
 
 
 def parquet_schema():
@@ -313,20 +371,10 @@ def parquet_schema():
     return pa.schema([
         ("schema", pa.int16()), ("ts_ms", pa.int64()), ("request_id", pa.string()),
         ("unit_id", pa.string()), ("experiment", pa.string()), ("arm", pa.string()),
-        ("model_name", pa.string()), ("model_version", pa.int64()), ("tracking_id", pa.string()),
-        ("candidate_id", pa.string()), ("score", pa.float64()), ("rank", pa.int32()),
-        ("passthrough", pa.string()),
+        ("model_name", pa.string()), ("model_version", pa.int64()), ("passthrough", pa.string()),
+        ("tracking_id", pa.string()), ("candidate_id", pa.string()), ("score", pa.float64()),
+        ("rank", pa.int32()), ("candidate_passthrough", pa.string()),
     ])
-
-
-def _passthrough_json(request: dict | None, candidate: dict | None) -> str:
-    if request is None and candidate is None:
-        return "null"
-    if request is None:
-        return json.dumps(candidate)
-    if candidate is None:
-        return json.dumps(request)
-    return json.dumps({**request, **candidate})  # candidate keys win (bid, price of this ad)
 
 
 def _json_default(obj: Any) -> Any:

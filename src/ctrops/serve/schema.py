@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from itertools import chain, repeat
+from operator import itemgetter
 from typing import Any
 
 from ctrops.serve.tracking import MAX_CANDIDATES
@@ -72,6 +74,9 @@ def _type_name(v: Any) -> str:
                                      list: "array", dict: "object"}.get(type(v), type(v).__name__)
 
 
+_SCALARS = frozenset((str, int, float, type(None)))
+
+
 def _check_fields(obj: Any, path: str, limits: Limits) -> dict[str, Any]:
     if type(obj) is not dict:
         raise RequestError(422, "wrong_type", f"{path} must be an object of field name -> value, "
@@ -79,6 +84,22 @@ def _check_fields(obj: Any, path: str, limits: Limits) -> dict[str, Any]:
     if len(obj) > limits.max_fields:
         raise RequestError(422, "too_many_fields", f"{path} has {len(obj)} fields; the limit is "
                                                    f"{limits.max_fields}")
+    # fast path, all C-level: every value a string within the length limit
+    values = obj.values()
+    kinds = set(map(type, values))
+    if kinds == _STR_ONLY:
+        if max(map(len, values)) <= limits.max_string:
+            return obj
+    elif not kinds or kinds <= _SCALARS and float not in kinds and str not in kinds:
+        return obj
+    return _check_fields_slow(obj, path, limits)
+
+
+_STR_ONLY = {str}
+
+
+def _check_fields_slow(obj: dict[str, Any], path: str, limits: Limits) -> dict[str, Any]:
+    """Value by value, to name the first bad one (also the path for floats and long strings)."""
     max_string = limits.max_string
     for name, value in obj.items():
         t = type(value)
@@ -134,13 +155,17 @@ def _check_id(value: Any, path: str, limits: Limits, *, required: bool) -> str |
 
 
 def validate_predict(doc: Any, limits: Limits) -> PredictRequest:
-    """Check a parsed body against the schema; raise RequestError naming the first problem."""
+    """Check a parsed body against the schema; raise RequestError naming the first problem.
+
+    A well-formed request is checked in bulk with C-level iteration (map, set,
+    chain) over all candidates at once; only when a bulk check fails does the
+    per-candidate walk run, to name the exact path of the first problem.
+    """
     if type(doc) is not dict:
         raise RequestError(422, "wrong_type", f"the body must be a JSON object, got {_type_name(doc)}")
-    for key in doc:
-        if key not in _TOP:
-            raise RequestError(422, "unknown_field", f"unknown top-level field {key!r}; allowed: "
-                                                     f"{sorted(_TOP)}")
+    if not doc.keys() <= _TOP:
+        bad = sorted(k for k in doc if k not in _TOP)
+        raise RequestError(422, "unknown_field", f"unknown top-level field(s) {bad}; allowed: {sorted(_TOP)}")
     if "context" not in doc:
         raise RequestError(422, "missing_field", "'context' is required (an object of field -> value)")
     if "candidates" not in doc:
@@ -157,6 +182,73 @@ def validate_predict(doc: Any, limits: Limits) -> PredictRequest:
     if n > limits.max_candidates:
         raise RequestError(422, "too_many_candidates", f"{n} candidates; the limit is "
                                                        f"{limits.max_candidates}")
+    checked = _candidates_fast(cands, limits)
+    if checked is None:
+        checked = _candidates_slow(cands, limits)
+    ids, fields, passthrough = checked
+    top_k = doc.get("top_k")
+    if top_k is not None and (type(top_k) is not int or top_k < 1):
+        raise RequestError(422, "wrong_type", f"top_k must be a positive integer, got {top_k!r}")
+    return PredictRequest(
+        context=context, candidate_ids=ids, candidate_fields=fields, candidate_passthrough=passthrough,
+        request_id=_check_id(doc.get("request_id"), "request_id", limits, required=False),
+        user_id=_check_id(doc.get("user_id"), "user_id", limits, required=False),
+        top_k=top_k, passthrough=_check_passthrough(doc.get("passthrough"), "passthrough", limits),
+    )
+
+
+_DICT_ONLY = {dict}
+_ID_TYPES = frozenset((str, int))
+_PT_SCALARS = frozenset((str, int, float, bool, type(None)))
+_PT_CONTAINERS = frozenset((dict, type(None)))
+_get_id, _get_fields = itemgetter("id"), itemgetter("fields")
+
+
+def _values_ok(values: list, limits: Limits, allowed: frozenset) -> bool:
+    kinds = set(map(type, values))
+    if not kinds <= allowed:
+        return False
+    if kinds == _STR_ONLY:
+        return not values or max(map(len, values)) <= limits.max_string
+    if str in kinds and max(len(v) for v in values if type(v) is str) > limits.max_string:
+        return False
+    if float in kinds and not all(map(math.isfinite, [v for v in values if type(v) is float])):
+        return False
+    return True
+
+
+def _candidates_fast(cands: list, limits: Limits) -> tuple[list, list, list] | None:
+    """(ids, fields, passthrough) when every candidate is valid, else None (then the slow walk reports)."""
+    if set(map(type, cands)) != _DICT_ONLY or not all(map(_CAND.issuperset, cands)):
+        return None
+    try:
+        ids = list(map(_get_id, cands))
+        fields = list(map(_get_fields, cands))
+    except KeyError:
+        return None
+    id_kinds = set(map(type, ids))
+    if not id_kinds <= _ID_TYPES or len(set(ids)) != len(ids):
+        return None
+    if str in id_kinds:
+        lengths = [len(i) for i in ids if type(i) is str]
+        if min(lengths) == 0 or max(lengths) > limits.max_string:
+            return None
+    if set(map(type, fields)) != _DICT_ONLY or max(map(len, fields)) > limits.max_fields:
+        return None
+    if not _values_ok(list(chain.from_iterable(map(dict.values, fields))), limits, _SCALARS):
+        return None
+    passthrough = list(map(dict.get, cands, repeat("passthrough", len(cands))))
+    present = [p for p in passthrough if p is not None]
+    if present:
+        if set(map(type, present)) != _DICT_ONLY or max(map(len, present)) > limits.max_passthrough:
+            return None
+        if not _values_ok(list(chain.from_iterable(map(dict.values, present))), limits, _PT_SCALARS):
+            return None
+    return ids, fields, passthrough
+
+
+def _candidates_slow(cands: list, limits: Limits) -> tuple[list, list, list]:
+    n = len(cands)
     ids: list[Any] = [None] * n
     fields: list[dict[str, Any]] = [None] * n  # type: ignore[list-item]
     passthrough: list[dict[str, Any] | None] = [None] * n
@@ -164,7 +256,7 @@ def validate_predict(doc: Any, limits: Limits) -> PredictRequest:
     for i, c in enumerate(cands):
         if type(c) is not dict:
             raise RequestError(422, "wrong_type", f"candidates[{i}] must be an object, got {_type_name(c)}")
-        if len(c) > 3 or any(k not in _CAND for k in c):
+        if not c.keys() <= _CAND:
             bad = sorted(k for k in c if k not in _CAND)
             raise RequestError(422, "unknown_field", f"candidates[{i}] has unknown key(s) {bad}; allowed: "
                                                      f"{sorted(_CAND)}")
@@ -185,19 +277,12 @@ def validate_predict(doc: Any, limits: Limits) -> PredictRequest:
         ids[i] = cid
         if "fields" not in c:
             raise RequestError(422, "missing_field", f"candidates[{i}].fields is required")
-        fields[i] = _check_fields(c["fields"], f"candidates[{i}].fields", limits)
+        fields[i] = _check_fields_slow(_check_fields(c["fields"], f"candidates[{i}].fields", limits),
+                                       f"candidates[{i}].fields", limits)
         p = c.get("passthrough")
         if p is not None:
             passthrough[i] = _check_passthrough(p, f"candidates[{i}].passthrough", limits)
-    top_k = doc.get("top_k")
-    if top_k is not None and (type(top_k) is not int or top_k < 1):
-        raise RequestError(422, "wrong_type", f"top_k must be a positive integer, got {top_k!r}")
-    return PredictRequest(
-        context=context, candidate_ids=ids, candidate_fields=fields, candidate_passthrough=passthrough,
-        request_id=_check_id(doc.get("request_id"), "request_id", limits, required=False),
-        user_id=_check_id(doc.get("user_id"), "user_id", limits, required=False),
-        top_k=top_k, passthrough=_check_passthrough(doc.get("passthrough"), "passthrough", limits),
-    )
+    return ids, fields, passthrough
 
 
 def openapi_document(limits: Limits, version: str) -> dict[str, Any]:

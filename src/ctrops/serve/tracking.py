@@ -18,7 +18,7 @@ import os
 import time
 
 MAX_CANDIDATES = 0x10000
-_SUFFIX = tuple(f"{i:04x}" for i in range(MAX_CANDIDATES))
+SUFFIXES = tuple(f"{i:04x}" for i in range(MAX_CANDIDATES))
 
 
 class TrackingIds:
@@ -37,7 +37,7 @@ class TrackingIds:
 
     @staticmethod
     def for_candidates(prefix: str, n: int) -> list[str]:
-        return [prefix + s for s in _SUFFIX[:n]]
+        return [prefix + s for s in SUFFIXES[:n]]
 
 
 def timestamp_ms(tracking_id: str) -> int:

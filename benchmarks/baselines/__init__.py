@@ -1,0 +1,1 @@
+"""Servers the serving benchmarks compare against (never imported by ctrops itself)."""

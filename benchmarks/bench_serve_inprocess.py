@@ -1,0 +1,110 @@
+"""In-process cost of one request of 100 candidates (30 context + 9 ad fields, FFM k=4, ~1e6 features).
+
+Figures (median of repeats; wall time and this thread's CPU time, which is
+less disturbed by other processes on a shared machine):
+  score   Predictor.score: encode raw values + native candidate kernel
+          vs the baseline's dict lookup + NumPy scorer (benchmarks/baselines/fastapi_server.py)
+  request the whole server-side path without the socket: JSON parse, validation,
+          arm assignment, scoring, ranking, tracking ids, response JSON, log hand-off
+          vs the baseline's pydantic parse + NumPy scoring + pydantic response
+
+    .venv/bin/python benchmarks/bench_serve_inprocess.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import serve_workload as w  # noqa: E402
+
+
+def timed(fn, n: int, repeats: int) -> tuple[float, float]:
+    """(median wall µs, median thread-CPU µs) per call over `repeats` runs of `n` calls."""
+    for i in range(min(n, 200)):
+        fn(i)
+    walls, cpus = [], []
+    for _ in range(repeats):
+        t0, c0 = time.perf_counter(), time.thread_time()
+        for i in range(n):
+            fn(i)
+        walls.append((time.perf_counter() - t0) / n * 1e6)
+        cpus.append((time.thread_time() - c0) / n * 1e6)
+    return statistics.median(walls), statistics.median(cpus)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small model, few repeats (smoke run)")
+    args = ap.parse_args()
+    n_features = 50_000 if args.quick else 1_000_000
+    n, repeats = (300, 3) if args.quick else (2000, 7)
+
+    from baselines.fastapi_server import NumpyFFM, PredictRequest, PredictResponse, ScoredCandidate
+    from ctrops.predict import Predictor
+    from ctrops.serve.app import PredictionService
+    from ctrops.serve.config import ServingConfig
+    from ctrops.serve.loader import ArmModel, ModelStore, ServingLoader, ServingState
+    from ctrops.serve.logging_sink import PredictionLog
+    from ctrops.serve.metrics import ServerMetrics
+    from ctrops.experiments.assign import Assigner
+    from ctrops.experiments.definition import ExperimentDefinition
+
+    model_path = w.build_model(n_features)
+    predictor = Predictor.from_file(model_path)
+    baseline = NumpyFFM(str(model_path))
+    reqs = w.make_requests(64, w.values_per_field(model_path))
+    ctx = [r["context"] for r in reqs]
+    cands = [[c["fields"] for c in r["candidates"]] for r in reqs]
+    bodies = [json.dumps(r, separators=(",", ":")).encode() for r in reqs]
+    m = len(reqs)
+
+    results = {}
+    results["score_ctrops"] = timed(lambda i: predictor.score(ctx[i % m], cands[i % m]), n, repeats)
+    results["score_baseline"] = timed(lambda i: baseline.score(ctx[i % m], cands[i % m]), n // 4, repeats)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = ServingConfig.from_dict({"model": {"storage": tmp, "name": "ctr", "poll_seconds": 0},
+                                       "log": {"path": f"{tmp}/logs", "format": "parquet"}}, source="bench")
+        d = ExperimentDefinition.single("production")
+        loader = ServingLoader(ModelStore(tmp, "ctr", cache_dir=tmp), lambda: d)
+        loader.state = ServingState(d, Assigner(d), {"production": ArmModel(d.arms[0], predictor, 1)}, "x")
+        metrics = ServerMetrics()
+        plog = PredictionLog(cfg.log, metrics).start()
+        service = PredictionService(cfg, loader, metrics, plog)
+        status, _ = service.handle(bodies[0])
+        assert status == 200
+        results["request_ctrops"] = timed(lambda i: service.handle(bodies[i % m]), n, repeats)
+        plog.close()
+        results["log_records_written"] = plog.records_written
+
+    def baseline_request(i: int) -> bytes:
+        req = PredictRequest.model_validate_json(bodies[i % m])
+        scores = baseline.score(req.context, [c.fields for c in req.candidates])
+        order = (-scores).argsort(kind="stable")
+        return PredictResponse(request_id=req.request_id or "", experiment="default", arm="production",
+                               model_version=1, candidates=[
+                                   ScoredCandidate(id=req.candidates[j].id, score=float(scores[j]), rank=r,
+                                                   tracking_id=f"{j:032x}") for r, j in enumerate(order.tolist(), 1)]
+                               ).model_dump_json().encode()
+
+    results["request_baseline"] = timed(baseline_request, n // 4, repeats)
+
+    print(f"model: {model_path.name} ({model_path.stat().st_size / 1e6:.0f} MB), 100 candidates x 39 fields, "
+          f"{repeats} repeats")
+    for what in ("score", "request"):
+        (cw, cc), (bw, bc) = results[f"{what}_ctrops"], results[f"{what}_baseline"]
+        print(f"{what:8s} ctrops {cw:8.1f} µs wall {cc:8.1f} µs cpu | baseline {bw:8.1f} µs wall {bc:8.1f} µs cpu"
+              f" | speed-up {bw / cw:5.1f}x wall {bc / cc:5.1f}x cpu")
+    print(json.dumps({k: (list(v) if isinstance(v, tuple) else v) for k, v in results.items()}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,435 @@
+"""Shared workload of the serving benchmarks: the model, the requests, the servers, the load generators.
+
+The issue's workload: an FFM with k=4 and about 1e6 features over 39 fields
+(30 context + 9 ad fields), requests of 100 candidates. The model is random
+(benchmarks measure speed, not accuracy) but has a real vocabulary table of
+one million values, so feature lookup costs what it costs in production.
+Everything is written under bench-out/serve (gitignored) and reused.
+
+Load generators:
+- `open_loop`: an asyncio HTTP/1.1 keep-alive client sending at a fixed rate;
+  latency counts from the *scheduled* send time, so a stalled server cannot
+  hide its queueing (no coordinated omission).
+- `run_wrk`: wrk (closed loop, `apt-get install wrk`) with a Lua script that
+  cycles through pre-built bodies, for maximum throughput.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "bench-out" / "serve"
+PY = sys.executable
+N_CONTEXT, N_AD = 30, 9
+N_FIELDS = N_CONTEXT + N_AD
+FIELD_NAMES = [f"c{i}" for i in range(N_CONTEXT)] + [f"a{i}" for i in range(N_AD)]
+MODEL_NAME = "ctr"
+
+
+def build_model(n_features: int = 1_000_000, k: int = 4, seed: int = 0, version: int = 1,
+                out: Path = OUT) -> Path:
+    """A vocab-indexed FFM .ctm with ~n_features features (cached by its parameters)."""
+    from ctrops.artifact.format import save_model
+    from ctrops.artifact.vocab import stored_key
+    from ctrops.data._hashing import field_keys
+    from ctrops.data.features import FeatureEncoder
+    from ctrops.data.readers import KeyedChunk
+    from ctrops.data.spec import FieldSpec
+    from ctrops.models.params import ModelParams
+
+    path = out / f"ffm-{n_features}-k{k}-s{seed}.ctm"
+    if path.exists():
+        return path
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    per_field = (n_features - 2 * N_FIELDS) // N_FIELDS
+    tokens = [f"v{i}" for i in range(per_field)]
+    keys = np.stack([stored_key(field_keys(f, tokens, 0)) for f in range(N_FIELDS)], axis=1)
+    spec = FieldSpec.from_dict({"label": "click", "categorical": FIELD_NAMES})
+    enc = FeatureEncoder(spec, indexing="vocab", min_count=1).fit(
+        KeyedChunk(np.zeros(per_field, np.float32), np.ascontiguousarray(keys)))
+    n = enc.n_features_
+    latent = rng.standard_normal((n, N_FIELDS, k), dtype=np.float32)
+    latent *= np.float32(0.3)
+    linear = rng.standard_normal(n, dtype=np.float32)
+    linear *= np.float32(0.2)
+    params = ModelParams("ffm", n_features=n, n_fields=N_FIELDS, k=k, bias=-3.0, linear=linear, latent=latent)
+    save_model(path, params, enc.to_header(), enc.arrays(), {"purpose": "serving benchmark", "seed": seed})
+    return path
+
+
+def values_per_field(model_path: Path) -> int:
+    return (int(re.search(r"ffm-(\d+)-", model_path.name).group(1)) - 2 * N_FIELDS) // N_FIELDS
+
+
+def publish(model_path: Path, storage: Path, version: int, aliases=("production",)) -> None:
+    from ctrops.artifact.manifest import publish_model
+    from ctrops.predict import Predictor
+
+    p = Predictor.from_file(model_path)
+    canary = [{"context": b["context"], "candidates": [c["fields"] for c in b["candidates"][:10]],
+               "expected": p.score(b["context"], [c["fields"] for c in b["candidates"][:10]]).tolist()}
+              for b in make_requests(2, values_per_field(model_path), n_candidates=10, seed=99)]
+    p.close()
+    publish_model(str(storage), MODEL_NAME, model_path, version=version, canary=canary, aliases=aliases,
+                  keep_last=3)
+
+
+def make_requests(n: int, per_field: int, n_candidates: int = 100, seed: int = 0,
+                  unseen: float = 0.05) -> list[dict]:
+    """Request bodies: Zipf-ish popular values, a few unseen ones, one user id per request."""
+    rng = random.Random(seed)
+
+    def value() -> str:
+        if rng.random() < unseen:
+            return f"new{rng.randrange(10**6)}"
+        return f"v{min(int(rng.paretovariate(1.2)) - 1, per_field - 1)}"
+
+    out = []
+    for i in range(n):
+        context = {name: value() for name in FIELD_NAMES[:N_CONTEXT]}
+        cands = [{"id": f"ad{rng.randrange(10**6)}-{j}", "fields": {name: value() for name in FIELD_NAMES[N_CONTEXT:]},
+                  "passthrough": {"bid": round(rng.uniform(0.1, 3.0), 3)}} for j in range(n_candidates)]
+        out.append({"request_id": f"req-{seed}-{i}", "user_id": f"user{rng.randrange(10**5)}",
+                    "context": context, "candidates": cands, "passthrough": {"auction_id": f"auc{i}"}})
+    return out
+
+
+def mlflow_body(body: dict) -> dict:
+    """The same request as an MLflow pyfunc DataFrame: one row per candidate, context repeated."""
+    return {"dataframe_records": [{**body["context"], **c["fields"]} for c in body["candidates"]]}
+
+
+# ---- servers ----------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    name: str
+    proc: subprocess.Popen
+    port: int
+    log_path: Path
+
+    def pids(self) -> list[int]:
+        """The server's process tree (workers included)."""
+        out, todo = [], [self.proc.pid]
+        while todo:
+            pid = todo.pop()
+            out.append(pid)
+            try:
+                kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            except OSError:
+                kids = []
+            todo += [int(k) for k in kids]
+        return out
+
+    def memory(self) -> dict[str, float]:
+        """RSS summed over processes, and PSS (shared pages, e.g. the mapped model, counted once), in MB."""
+        rss = pss = 0
+        for pid in self.pids():
+            try:
+                for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                    if line.startswith("Rss:"):
+                        rss += int(line.split()[1])
+                    elif line.startswith("Pss:"):
+                        pss += int(line.split()[1])
+            except OSError:
+                pass
+        return {"rss_mb": rss / 1024, "pss_mb": pss / 1024, "processes": len(self.pids())}
+
+    def stop(self, timeout: float = 30) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def start(name: str, argv: list[str], port: int, ready_path: str, env: dict | None = None,
+          timeout: float = 180, cwd: Path = ROOT) -> Server:
+    log_path = OUT / f"{name}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    fh = open(log_path, "wb")
+    proc = subprocess.Popen(argv, cwd=cwd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+                            start_new_session=True)
+    server = Server(name, proc, port, log_path)
+    deadline = time.monotonic() + timeout
+    import urllib.request
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode}; see {log_path}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{ready_path}", timeout=2) as r:
+                if r.status == 200:
+                    return server
+        except OSError:
+            pass
+        time.sleep(0.25)
+    server.stop()
+    raise RuntimeError(f"{name} was not ready within {timeout} s; see {log_path}")
+
+
+def ctrops_config(storage: Path, port: int, workers: int, runtime: str, log_dir: Path | None,
+                  poll_seconds: float = 0, token: str = "bench-token") -> Path:
+    cfg = {"model": {"storage": str(storage), "name": MODEL_NAME, "cache_dir": str(OUT / "cache"),
+                     "poll_seconds": poll_seconds},
+           "server": {"host": "127.0.0.1", "port": port, "workers": workers, "runtime": runtime,
+                      "admin_token": token},
+           "experiment": {"name": "bench", "salt": "b", "arms": [
+               {"name": "production", "share": 95, "model": "production"},
+               {"name": "random", "share": 5, "random": True}]}}
+    if log_dir is not None:
+        cfg["log"] = {"path": str(log_dir), "format": "parquet", "rotate_seconds": 60, "debug_every": 1000}
+    path = OUT / f"serving-{runtime}-{workers}.yaml"
+    import yaml
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def start_ctrops(storage: Path, workers: int = 2, runtime: str = "granian", log_dir: Path | None = None,
+                 poll_seconds: float = 0) -> Server:
+    port = free_port()
+    cfg = ctrops_config(storage, port, workers, runtime, log_dir, poll_seconds)
+    mp = OUT / f"prom-{port}"
+    shutil.rmtree(mp, ignore_errors=True)
+    mp.mkdir(parents=True)
+    return start(f"ctrops-{runtime}", [PY, "-m", "ctrops.cli_serve", "--config", str(cfg)], port, "/readyz",
+                 env={"PROMETHEUS_MULTIPROC_DIR": str(mp), "CTROPS_LOG_LEVEL": "WARNING"})
+
+
+def start_fastapi(model_path: Path, workers: int = 2) -> Server:
+    port = free_port()
+    return start("fastapi-baseline", [PY, "-m", "uvicorn", "benchmarks.baselines.fastapi_server:app",
+                                      "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
+                                      "--no-access-log", "--log-level", "warning"],
+                 port, "/healthz", env={"BASELINE_MODEL": str(model_path)})
+
+
+def start_mlflow(model_path: Path, workers: int = 2) -> Server | None:
+    """`mlflow models serve` of the ctrops pyfunc flavor, or None when that flavor is missing."""
+    try:
+        from ctrops.registry.pyfunc import ENTRY_POINT, MODEL_ARTIFACT
+        import mlflow.pyfunc
+    except ImportError:
+        return None
+    model_dir = OUT / "mlflow-pyfunc"
+    if not (model_dir / "MLmodel").exists():
+        shutil.rmtree(model_dir, ignore_errors=True)
+        mlflow.pyfunc.save_model(str(model_dir), python_model=str(ENTRY_POINT),
+                                 artifacts={MODEL_ARTIFACT: str(model_path)})
+    port = free_port()
+    return start("mlflow-serve", [PY, "-m", "mlflow", "models", "serve", "-m", str(model_dir), "--env-manager",
+                                  "local", "--host", "127.0.0.1", "-p", str(port), "--workers", str(workers)],
+                 port, "/ping", timeout=300)
+
+
+# ---- load generators --------------------------------------------------------------------------
+
+def http_request(path: str, body: bytes, port: int) -> bytes:
+    return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+async def _read_response(reader: asyncio.StreamReader) -> int:
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    m = re.search(rb"(?i)content-length:\s*(\d+)", head)
+    if m:
+        await reader.readexactly(int(m.group(1)))
+    else:  # chunked
+        while True:
+            size = int((await reader.readline()).strip(), 16)
+            await reader.readexactly(size + 2)
+            if size == 0:
+                break
+    return status
+
+
+@dataclass
+class LoadResult:
+    rate: float
+    sent: int
+    ok: int
+    errors: int
+    duration: float
+    latencies_ms: np.ndarray        # from the scheduled send time
+    service_ms: np.ndarray          # from the actual send time
+    send_times: np.ndarray          # seconds since start, per completed request
+
+    def pct(self, q: float, service: bool = False) -> float:
+        arr = self.service_ms if service else self.latencies_ms
+        return float(np.percentile(arr, q)) if arr.size else float("nan")
+
+    def summary(self) -> dict:
+        return {"target_rps": self.rate, "achieved_rps": round(self.ok / self.duration, 1), "errors": self.errors,
+                "p50_ms": round(self.pct(50), 3), "p90_ms": round(self.pct(90), 3), "p99_ms": round(self.pct(99), 3),
+                "p999_ms": round(self.pct(99.9), 3),
+                "max_ms": round(float(self.latencies_ms.max()), 3) if self.latencies_ms.size else None}
+
+
+async def _open_loop(port: int, requests: list[bytes], rate: float, duration: float, connections: int,
+                     timeout: float) -> LoadResult:
+    queue: asyncio.Queue = asyncio.Queue()
+    lat, svc, sent_at = [], [], []
+    errors = 0
+    start_t = time.perf_counter()
+    total = int(rate * duration)
+
+    async def worker(wid: int) -> None:
+        nonlocal errors
+        reader = writer = None
+        i = wid
+        while True:
+            t_sched = await queue.get()
+            if t_sched is None:
+                break
+            try:
+                if writer is None:
+                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                t_send = time.perf_counter()
+                writer.write(requests[i % len(requests)])
+                i += connections
+                status = await asyncio.wait_for(_read_response(reader), timeout)
+                t_done = time.perf_counter()
+                if status == 200:
+                    lat.append((t_done - t_sched) * 1000)
+                    svc.append((t_done - t_send) * 1000)
+                    sent_at.append(t_send - start_t)
+                else:
+                    errors += 1
+            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError):
+                errors += 1
+                if writer is not None:
+                    writer.close()
+                reader = writer = None
+        if writer is not None:
+            writer.close()
+
+    workers = [asyncio.create_task(worker(w)) for w in range(connections)]
+    for n in range(total):
+        t_sched = start_t + n / rate
+        delay = t_sched - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        queue.put_nowait(t_sched)
+    for _ in workers:
+        queue.put_nowait(None)
+    await asyncio.wait_for(asyncio.gather(*workers), timeout=duration + timeout + 30)
+    elapsed = time.perf_counter() - start_t
+    return LoadResult(rate, total, len(lat), errors, elapsed, np.array(lat), np.array(svc), np.array(sent_at))
+
+
+def open_loop(port: int, requests: list[bytes], rate: float, duration: float, connections: int = 64,
+              timeout: float = 5.0) -> LoadResult:
+    try:
+        import uvloop
+        return uvloop.run(_open_loop(port, requests, rate, duration, connections, timeout))
+    except ImportError:
+        return asyncio.run(_open_loop(port, requests, rate, duration, connections, timeout))
+
+
+def open_loop_subprocess(port: int, bodies_file: Path, path: str, rate: float, duration: float,
+                         connections: int = 64) -> dict:
+    """Run `open_loop` in its own process (its own core share, no GIL contention with the caller)."""
+    out = subprocess.run([PY, str(Path(__file__)), "--port", str(port), "--bodies", str(bodies_file),
+                          "--path", path, "--rate", str(rate), "--duration", str(duration),
+                          "--connections", str(connections)], capture_output=True, text=True, check=True,
+                         timeout=duration + 120, cwd=ROOT)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+
+
+def run_wrk(port: int, bodies_file: Path, path: str, duration: int, connections: int, threads: int = 1) -> dict:
+    """wrk closed-loop throughput and latency percentiles (non-2xx responses counted as errors)."""
+    lua = Path(__file__).with_name("bench_serve_wrk.lua")
+    out = subprocess.run(["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration}s", "--latency",
+                          "--timeout", "10s", "-s", str(lua), f"http://127.0.0.1:{port}"],
+                         capture_output=True, text=True, timeout=duration + 60,
+                         env={**os.environ, "BODIES": str(bodies_file), "WRK_PATH": path})
+    text = out.stdout
+
+    def ms(label: str) -> float:
+        m = re.search(rf"{label}\s+([\d.]+)(us|ms|s)\b", text)
+        if not m:
+            return float("nan")
+        return float(m.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[m.group(2)]
+
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    errors = (int(non2xx.group(1)) if non2xx else 0) + (sum(int(g) for g in sock.groups()) if sock else 0)
+    return {"rps": rps, "p50_ms": ms("50%"), "p90_ms": ms("90%"), "p99_ms": ms("99%"), "errors": errors,
+            "connections": connections, "duration_s": duration}
+
+
+def write_bodies(bodies: list[dict], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(json.dumps(b, separators=(",", ":")) for b in bodies) + "\n")
+    return path
+
+
+def server_latency(port: int) -> dict[str, float]:
+    """Server-side p50/p99 estimated from the Prometheus latency histogram (bucket upper bounds)."""
+    import urllib.request
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    buckets = []
+    for m in re.finditer(r'ctrops_predict_latency_seconds_bucket\{le="([^"]+)"\} ([\d.e+]+)', text):
+        buckets.append((float(m.group(1)), float(m.group(2))))
+    buckets.sort()
+    total = buckets[-1][1] if buckets else 0
+    out = {"count": total}
+    for q in (50, 99):
+        le = next((b for b, c in buckets if c >= total * q / 100), float("nan"))
+        out[f"p{q}_le_ms"] = le * 1000
+    return out
+
+
+def median_of(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+if __name__ == "__main__":  # the open-loop client as its own process
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--bodies", type=Path, required=True)
+    ap.add_argument("--path", default="/v1/predict")
+    ap.add_argument("--rate", type=float, required=True)
+    ap.add_argument("--duration", type=float, required=True)
+    ap.add_argument("--connections", type=int, default=64)
+    a = ap.parse_args()
+    reqs = [http_request(a.path, line.encode(), a.port) for line in a.bodies.read_text().splitlines() if line]
+    res = open_loop(a.port, reqs, a.rate, a.duration, a.connections)
+    s = res.summary()
+    s["service_p99_ms"] = round(res.pct(99, service=True), 3)
+    # per-second p99 (to see a reload's effect), from the scheduled times
+    secs = np.floor(res.send_times).astype(int) if res.send_times.size else np.array([], dtype=int)
+    s["per_second_p99_ms"] = [round(float(np.percentile(res.latencies_ms[secs == t], 99)), 3)
+                              for t in range(int(secs.max()) + 1 if secs.size else 0) if np.any(secs == t)]
+    print(json.dumps(s))
