@@ -251,3 +251,23 @@ def test_no_impressions_is_an_error(tmp_path):
     clicks = write_jsonl(tmp_path / "clk.jsonl", [])
     with pytest.raises(DataError, match="no valid impression"):
         join_logs(imps, clicks, tmp_path / "out")
+
+
+@pytest.mark.parametrize("dirty", [False, True])
+def test_reader_timestamps_and_values_follow_the_documented_rules(tmp_path, dirty):
+    forms = ["2026-11-02T10:00:00Z", "2026-11-02T19:00:00+09:00", "2026-11-02 10:00:00.250",
+             1793613600, 1793613600123, "1793613600.5", 1793613600123456]
+    rows = [{"impression_id": f"i{n}", "ts": ts, "ad_id": 7, "bid_price": 2, "flag": True, "tags": ["a"]}
+            for n, ts in enumerate(forms)]
+    rows.append({"impression_id": 12345, "ts": forms[0], "ad_id": "x", "bid_price": 1.25, "flag": None})
+    bad = ["{not json"] if dirty else []  # a bad line forces the line-by-line parser
+    path = write_jsonl(tmp_path / "imp.jsonl", bad + rows)
+    sink = RejectSink(None)
+    t = read_log(path, "impressions", sink)
+    assert sink.total == (1 if dirty else 0)
+    assert t.column("ts_us").to_pylist() == [parse_timestamp(r["ts"]) for r in rows]
+    assert t.column("impression_id").to_pylist()[-1] == "12345"
+    assert t.column("ad_id").to_pylist() == ["7"] * len(forms) + ["x"]
+    assert t.column("bid_price").to_pylist() == [2.0] * len(forms) + [1.25]
+    assert t.column("flag").to_pylist()[0] == "true" and t.column("tags").to_pylist()[0] == '["a"]'
+    assert t.column("_line").to_pylist() == list(range(1 + len(bad), len(rows) + 1 + len(bad)))

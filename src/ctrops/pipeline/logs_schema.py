@@ -25,7 +25,7 @@ import io
 import json
 import math
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -236,87 +236,251 @@ def _open_text(path: Path) -> IO[str]:
     return open(path, encoding="utf-8", errors="replace", newline="")
 
 
-def _jsonl_records(path: Path, kind: str, sink: RejectSink) -> Iterator[tuple[int, dict, str]]:
-    with _open_text(path) as fh:
-        for line_no, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                sink.add(kind, str(path), line_no, f"bad JSON: {exc.msg} (column {exc.colno})", line.rstrip("\r\n"))
-                continue
-            if not isinstance(obj, dict):
-                sink.add(kind, str(path), line_no, f"bad JSON: expected an object, got {type(obj).__name__}",
-                         line.rstrip("\r\n"))
-                continue
-            yield line_no, obj, line
+@dataclass
+class _Parsed:
+    """One file after structural parsing: raw columns (text), and where each row came from."""
+
+    columns: dict[str, pa.Array]
+    lines: list[int]
+    raw: Callable[[int], str]  # raw text of parsed row i, for the reject file
+    rows_total: int  # rows in the file, including rows rejected while parsing
 
 
-def _csv_records(path: Path, kind: str, sink: RejectSink) -> Iterator[tuple[int, dict, str]]:
+def _text(value: Any) -> str | None:
+    """Text of one JSON value the way an id or category should read ('7', not '7.0')."""
+    if value is None or type(value) is str:
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        if math.isfinite(value) and value.is_integer() and abs(value) < 1e16:
+            return str(int(value))
+        return repr(value)
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
+
+def _text_array(values: list) -> pa.Array:
+    try:
+        return pa.array(values, type=pa.string())
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        pass
+    try:  # all numbers (prices, epoch times): let Arrow format them
+        inferred = pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        inferred = None
+    if inferred is not None and (pa.types.is_integer(inferred.type) or pa.types.is_boolean(inferred.type)):
+        return inferred.cast(pa.string())
+    return pa.array([_text(v) for v in values], type=pa.string())
+
+
+def _arrow_to_text(col: pa.Array) -> pa.Array:
+    """A column parsed by Arrow as text, the way `_text` would write each value."""
+    import pyarrow.compute as pc
+
+    t = col.type
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t) \
+            or pa.types.is_integer(t) or pa.types.is_boolean(t) or pa.types.is_floating(t):
+        return pc.cast(col, pa.string())
+    return _text_array(col.to_pylist())
+
+
+def _parse_jsonl(path: Path, kind: str, sink: RejectSink) -> _Parsed:
+    """Arrow's JSON reader when the whole file is clean (the usual case), else line by line.
+
+    Arrow stops at the first bad line without saying which rows it would have
+    kept, so any failure falls back to the exact per-line parser.
+    """
+    import pyarrow.json as pj
+
+    if path.suffix.lower() == ".gz":
+        import gzip
+        data = gzip.open(path, "rb").read()
+    else:
+        data = path.read_bytes()
+    # line numbers equal row numbers only without blank lines
+    if data and b"\n\n" not in data and not data.startswith(b"\n") and b"\r\n\r\n" not in data:
+        try:
+            table = pj.read_json(io.BytesIO(data), read_options=pj.ReadOptions(use_threads=False))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            table = None
+        if table is not None:
+            n = table.num_rows
+            columns = {name: _arrow_to_text(table.column(name).combine_chunks()) for name in table.column_names}
+            split: list[bytes] = []
+
+            def raw(i: int) -> str:
+                if not split:
+                    split.extend(data.split(b"\n"))
+                return split[i].decode("utf-8", errors="replace").rstrip("\r")
+
+            return _Parsed(columns, list(range(1, n + 1)), raw, n)
+    return _parse_jsonl_lines(data.decode("utf-8", errors="replace"), path, kind, sink)
+
+
+def _parse_jsonl_lines(text: str, path: Path, kind: str, sink: RejectSink) -> _Parsed:
+    records: list[dict] = []
+    lines: list[int] = []
+    texts: list[str] = []
+    total = 0
+    loads = json.loads
+    for line_no, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        total += 1
+        try:
+            obj = loads(line)
+        except json.JSONDecodeError as exc:
+            sink.add(kind, str(path), line_no, f"bad JSON: {exc.msg} (column {exc.colno})", line.rstrip("\r"))
+            continue
+        if not isinstance(obj, dict):
+            sink.add(kind, str(path), line_no, f"bad JSON: expected an object, got {type(obj).__name__}",
+                     line.rstrip("\r"))
+            continue
+        records.append(obj)
+        lines.append(line_no)
+        texts.append(line)
+    names: dict[str, None] = {}
+    for rec in records:
+        for key in rec:
+            if key not in names:
+                names[key] = None
+    columns = {name: _text_array([rec.get(name) for rec in records]) for name in names}
+    return _Parsed(columns, lines, lambda i: texts[i].rstrip("\r"), total)
+
+
+def _parse_csv(path: Path, kind: str, sink: RejectSink) -> _Parsed:
+    rows: list[list[str]] = []
+    lines: list[int] = []
+    total = 0
     with _open_text(path) as fh:
         reader = csv.reader(fh)
         try:
-            header = next(reader)
+            header = [h.strip() for h in next(reader)]
         except StopIteration:
-            return
-        header = [h.strip() for h in header]
+            return _Parsed({}, [], lambda i: "", 0)
+        width = len(header)
         last = reader.line_num
         for row in reader:
             first_line, last = last + 1, reader.line_num
-            raw = ",".join(row)
             if not row or (len(row) == 1 and not row[0].strip()):
                 continue
-            if len(row) != len(header):
-                sink.add(kind, str(path), first_line,
-                         f"wrong number of columns: {len(row)} instead of {len(header)}", raw)
+            total += 1
+            if len(row) != width:
+                sink.add(kind, str(path), first_line, f"wrong number of columns: {len(row)} instead of {width}",
+                         ",".join(row))
                 continue
-            yield first_line, {h: (v if v != "" else None) for h, v in zip(header, row)}, raw
+            rows.append(row)
+            lines.append(first_line)
+    columns_t = list(zip(*rows)) if rows else [() for _ in header]
+    columns = {name: pa.array(list(col), type=pa.string()) for name, col in zip(header, columns_t)}
+    return _Parsed(columns, lines, lambda i: ",".join(rows[i]), total)
 
 
-def _parquet_records(path: Path, kind: str, sink: RejectSink) -> Iterator[tuple[int, dict, str]]:
+def _parse_parquet(path: Path) -> _Parsed:
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     try:
-        pf = pq.ParquetFile(path)
+        table = pq.read_table(path)
     except (pa.ArrowInvalid, OSError) as exc:
         raise DataError(f"not a readable Parquet file: {exc}", path=str(path)) from None
-    row_no = 0
-    for batch in pf.iter_batches(batch_size=65_536):
-        for rec in batch.to_pylist():
-            row_no += 1
-            yield row_no, rec, ""
+    columns: dict[str, pa.Array] = {}
+    for name in table.column_names:
+        col = table.column(name).combine_chunks()
+        t = col.type
+        if pa.types.is_timestamp(t):
+            # epoch microseconds as digits: the timestamp rule reads >= 1e14 as microseconds
+            col = pc.cast(pc.cast(col, pa.timestamp("us", tz=t.tz)), pa.int64())
+            t = col.type
+        if pa.types.is_string(t) or pa.types.is_large_string(t):
+            columns[name] = pc.cast(col, pa.string())
+        elif pa.types.is_integer(t) or pa.types.is_null(t):
+            columns[name] = pc.cast(col, pa.string())
+        else:
+            columns[name] = _text_array(col.to_pylist())
+    return _Parsed(columns, list(range(1, table.num_rows + 1)),
+                   lambda i: json.dumps(table.slice(i, 1).to_pylist()[0], default=str, ensure_ascii=False),
+                   table.num_rows)
 
 
-_RECORD_READERS = {"jsonl": _jsonl_records, "csv": _csv_records, "parquet": _parquet_records}
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
-def _raw_text(rec: dict, raw: str) -> str:
-    return raw.rstrip("\r\n") if raw else json.dumps(rec, default=str, ensure_ascii=False)
+def _lit(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
-def _as_id(value: Any) -> str | None:
-    if value is None or isinstance(value, bool):
-        return None
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return None
-        if value.is_integer():
-            value = int(value)
-    text = str(value).strip()
-    return text or None
+def _validation_sql(schema: LogSchema, present: Sequence[str], numeric: set[str]) -> tuple[str, list[str]]:
+    """SELECT turning the raw text columns of `raw` into typed ones plus a `_reason` (NULL = valid row).
 
+    Reasons are checked in a fixed order (required fields, then numbers), so a
+    row reports its first problem, as a person reading the line would.
+    """
+    have = set(present)
 
-def _as_float(value: Any) -> float | None:
-    """None for absent; raises ValueError for a present non-number or a negative/NaN number."""
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None
-    if isinstance(value, bool):
-        raise ValueError(f"{value!r} is not a number")
-    x = float(value)
-    if not math.isfinite(x):
-        raise ValueError(f"{value!r} is not a finite number")
-    return x
+    def raw(name: str) -> str:
+        return f"NULLIF(trim({_q(name)}), '')" if name in have else "NULL::VARCHAR"
+
+    typed: list[tuple[str, str]] = []  # (output name, expression over the `s` subquery)
+    checks: list[str] = []  # CASE branches
+    inner: list[str] = ["_row", "_line"]
+    for name in schema.required:
+        inner.append(f"{raw(name)} AS {_q('r:' + name)}")
+        if name == TIME_COLUMN:
+            r = _q("r:" + TIME_COLUMN)
+            inner.append(f"TRY_CAST({r} AS DOUBLE) AS {_q('n:ts')}")
+            inner.append(f"TRY_CAST({r} AS TIMESTAMPTZ) AS {_q('t:ts')}")
+            checks.append(f"WHEN {r} IS NULL THEN {_lit(f'missing field {TIME_COLUMN!r}')}")
+            checks.append(f"WHEN ts_us IS NULL THEN {_lit(f'unparsable timestamp in field {TIME_COLUMN!r}: ')}"
+                          f" || '''' || left({r}, 40) || ''''")
+        else:
+            checks.append(f"WHEN {_q('r:' + name)} IS NULL THEN {_lit(f'missing field {name!r}')}")
+            typed.append((name, _q("r:" + name)))
+    for name in schema.float_columns:
+        inner.append(f"{raw(name)} AS {_q('r:' + name)}")
+        inner.append(f"TRY_CAST({raw(name)} AS DOUBLE) AS {_q('n:' + name)}")
+        r, n = _q("r:" + name), _q("n:" + name)
+        checks.append(f"WHEN {r} IS NOT NULL AND ({n} IS NULL OR NOT isfinite({n})) THEN "
+                      f"{_lit(f'field {name!r} is not a number: ')} || '''' || left({r}, 40) || ''''")
+        checks.append(f"WHEN {n} < 0 THEN {_lit(f'field {name!r} is negative: ')} || {n}::VARCHAR")
+        typed.append((name, n))
+    for name in schema.string_columns:
+        inner.append(f"{raw(name)} AS {_q('r:' + name)}")
+        typed.append((name, _q("r:" + name)))
+    known = set(schema.required) | set(schema.string_columns) | set(schema.float_columns)
+    context = [c for c in present if c not in known] if schema.keeps_context else []
+    for name in context:
+        inner.append(f"{raw(name)} AS {_q('r:' + name)}")
+        r = _q("r:" + name)
+        if name in INTERNAL_COLUMNS:
+            checks.append(f"WHEN {r} IS NOT NULL THEN {_lit(f'field {name!r} is reserved for the reader')}")
+            continue
+        if name in numeric:
+            n = _q("n:" + name)
+            inner.append(f"TRY_CAST({r} AS DOUBLE) AS {n}")
+            checks.append(f"WHEN {r} IS NOT NULL AND ({n} IS NULL OR NOT isfinite({n})) THEN "
+                          f"{_lit(f'numeric field {name!r} is not a number: ')} || '''' || left({r}, 40) || ''''")
+            typed.append((name, n))
+        else:
+            typed.append((name, r))
+    for name in numeric:
+        if schema.keeps_context and name not in have and name not in known:
+            typed.append((name, "NULL::DOUBLE"))
+    n_ts, t_ts, r_ts = _q("n:ts"), _q("t:ts"), _q("r:ts")
+    ts_expr = (f"CASE WHEN {n_ts} IS NOT NULL THEN (CASE WHEN NOT isfinite({n_ts}) OR {n_ts} < 0 THEN NULL "
+               f"WHEN {n_ts} < 1e11 THEN round({n_ts} * 1e6) WHEN {n_ts} < 1e14 THEN round({n_ts} * 1e3) "
+               f"ELSE {n_ts} END)::BIGINT "
+               f"WHEN regexp_matches({r_ts}, '^[0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}}') AND isfinite({t_ts}) "
+               f"THEN epoch_us({t_ts}) END")
+    middle = f"SELECT *, {ts_expr} AS ts_us FROM (SELECT {', '.join(inner)} FROM raw) s"
+    reason = "CASE " + " ".join(checks) + " END" if checks else "NULL::VARCHAR"
+    outer = (f"SELECT _row, _line, {reason} AS _reason, {_q('r:' + ID_COLUMN)} AS {ID_COLUMN}, ts_us, "
+             + ", ".join(f"{expr} AS {_q(name)}" for name, expr in typed if name != ID_COLUMN)
+             + f" FROM ({middle}) m")
+    return outer, [name for name, _ in typed if name != ID_COLUMN]
 
 
 def read_log(source: str | os.PathLike | Sequence[str | os.PathLike], kind: str, sink: RejectSink, *,
@@ -327,96 +491,83 @@ def read_log(source: str | os.PathLike | Sequence[str | os.PathLike], kind: str,
     string and float columns, and for impressions every other column as
     context: strings, except `numeric_columns` (float64). `_file` and `_line`
     say where each row came from. Bad rows go to `sink` and are not returned.
+
+    Python only splits lines and parses JSON/CSV syntax; typing and checks run
+    vectorised in DuckDB (TRY_CAST), so a malformed value yields a reason, not
+    a lost row. Timestamps follow `parse_timestamp`'s rules.
     """
+    import duckdb
+
     if kind not in SCHEMAS:
         raise DataError(f"unknown log kind {kind!r}; use one of {LOG_KINDS}")
     schema = SCHEMAS[kind]
     numeric = set(numeric_columns)
-    known = set(schema.required) | set(schema.string_columns) | set(schema.float_columns)
-    columns: dict[str, list[Any]] = {ID_COLUMN: [], "ts_us": [], "_file": [], "_line": []}
-    for c in (*schema.required, *schema.string_columns, *schema.float_columns):
-        if c not in (ID_COLUMN, TIME_COLUMN):
-            columns[c] = []
-    n_kept = 0
-    for path in resolve_paths(source):
-        fmt = _format_of(path, format)
-        sink.start_file()
-        parsed = invalid = 0
-        for line_no, rec, raw in _RECORD_READERS[fmt](path, kind, sink):
-            parsed += 1
-            row, problem = _validate(rec, schema, known, numeric)
-            if problem is not None:
-                invalid += 1
-                sink.add(kind, str(path), line_no, problem, _raw_text(rec, raw))
-                continue
-            for name in row:
-                if name not in columns:  # a context column first seen now: pad earlier rows
-                    columns[name] = [None] * n_kept
-            for name, col in columns.items():
-                if name == "_file":
-                    col.append(str(path))
-                elif name == "_line":
-                    col.append(line_no)
-                else:
-                    col.append(row.get(name))
-            n_kept += 1
-        # rows rejected while parsing (bad JSON, wrong column count) never reached `parsed`
-        sink.finish_file(str(path), parsed + sink.file_rejects - invalid)
-    return _to_table(columns, schema, numeric)
-
-
-def _validate(rec: dict, schema: LogSchema, known: set[str], numeric: set[str]) -> tuple[dict, str | None]:
-    row: dict[str, Any] = {}
-    for name in schema.required:
-        if name == TIME_COLUMN:
-            value = rec.get(TIME_COLUMN)
-            if value is None or (isinstance(value, str) and not value.strip()):
-                return row, f"missing field '{TIME_COLUMN}'"
-            try:
-                row["ts_us"] = parse_timestamp(value)
-            except (ValueError, OverflowError, OSError):
-                return row, f"unparsable timestamp in field '{TIME_COLUMN}': {str(value)[:40]!r}"
-        else:
-            value = _as_id(rec.get(name))
-            if value is None:
-                return row, f"missing field '{name}'"
-            row[name] = value
-    for name in schema.string_columns:
-        row[name] = _as_id(rec.get(name))
-    for name in schema.float_columns:
-        try:
-            x = _as_float(rec.get(name))
-        except (TypeError, ValueError):
-            return row, f"field '{name}' is not a number: {str(rec.get(name))[:40]!r}"
-        if x is not None and x < 0:
-            return row, f"field '{name}' is negative: {x}"
-        row[name] = x
-    if schema.keeps_context:
-        for name, value in rec.items():
-            if name in known or name in row:
-                continue
-            if name in INTERNAL_COLUMNS:
-                return row, f"field '{name}' is reserved for the reader"
-            if name in numeric:
-                try:
-                    row[name] = _as_float(value)
-                except (TypeError, ValueError):
-                    return row, f"numeric field '{name}' is not a number: {str(value)[:40]!r}"
-            elif isinstance(value, (dict, list)):
-                row[name] = json.dumps(value, sort_keys=True)
+    tables: list[pa.Table] = []
+    con = duckdb.connect(config={"threads": 1})
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        for path in resolve_paths(source):
+            fmt = _format_of(path, format)
+            sink.start_file()
+            if fmt == "jsonl":
+                parsed = _parse_jsonl(path, kind, sink)
+            elif fmt == "csv":
+                parsed = _parse_csv(path, kind, sink)
             else:
-                row[name] = _as_id(value)
-    return row, None
+                parsed = _parse_parquet(path)
+            n = len(parsed.lines)
+            raw_table = pa.table({**parsed.columns, "_row": pa.array(range(n), pa.int64()),
+                                  "_line": pa.array(parsed.lines, pa.int64())})
+            con.register("raw", raw_table)
+            sql, _ = _validation_sql(schema, list(parsed.columns), numeric)
+            checked = con.sql(sql).to_arrow_table()
+            con.unregister("raw")
+            reasons = checked.column("_reason")
+            if reasons.null_count < checked.num_rows:
+                bad_rows = checked.column("_row").to_pylist()
+                bad_lines = checked.column("_line").to_pylist()
+                for row, line, why in zip(bad_rows, bad_lines, reasons.to_pylist()):
+                    if why is not None:
+                        sink.add(kind, str(path), line, why, parsed.raw(row))
+                import pyarrow.compute as pc
+                checked = checked.filter(pc.is_null(reasons))
+            sink.finish_file(str(path), parsed.rows_total)
+            good = checked.drop_columns(["_row", "_reason"])
+            good = good.append_column("_file", pa.array([str(path)] * good.num_rows, pa.string()))
+            tables.append(good)
+    finally:
+        con.close()
+    if not tables:
+        return _empty_table(schema, numeric)
+    return _unify(tables, schema, numeric)
 
 
-def _to_table(columns: dict[str, list[Any]], schema: LogSchema, numeric: set[str]) -> pa.Table:
-    arrays: dict[str, pa.Array] = {}
-    for name, values in columns.items():
-        if name in ("ts_us", "_line"):
-            typ: pa.DataType = pa.int64()
-        elif name in schema.float_columns or name in numeric:
-            typ = pa.float64()
-        else:
-            typ = pa.string()
-        arrays[name] = pa.array(values, type=typ)
-    return pa.table(arrays)
+def _empty_table(schema: LogSchema, numeric: set[str]) -> pa.Table:
+    cols: dict[str, pa.Array] = {ID_COLUMN: pa.array([], pa.string()), "ts_us": pa.array([], pa.int64()),
+                                 "_line": pa.array([], pa.int64()), "_file": pa.array([], pa.string())}
+    for name in schema.float_columns:
+        cols[name] = pa.array([], pa.float64())
+    for name in schema.string_columns + tuple(c for c in schema.required if c not in (ID_COLUMN, TIME_COLUMN)):
+        cols[name] = pa.array([], pa.string())
+    return pa.table(cols)
+
+
+def _unify(tables: list[pa.Table], schema: LogSchema, numeric: set[str]) -> pa.Table:
+    """Concatenate per-file tables whose context columns may differ (absent columns become null)."""
+    fields: dict[str, pa.DataType] = {}
+    for t in tables:
+        for f in t.schema:
+            if f.name not in fields:
+                fields[f.name] = f.type
+    target = pa.schema([(name, pa.float64() if name in schema.float_columns or name in numeric
+                         else typ) for name, typ in fields.items()])
+    aligned = []
+    for t in tables:
+        cols = []
+        for f in target:
+            if f.name in t.column_names:
+                cols.append(t.column(f.name).cast(f.type))
+            else:
+                cols.append(pa.nulls(t.num_rows, f.type))
+        aligned.append(pa.Table.from_arrays(cols, schema=target))
+    return pa.concat_tables(aligned)
