@@ -35,8 +35,6 @@ def make_model(model_type: str, params: Mapping[str, Any]) -> Any:
         from ctrops.models import estimators
 
         cls = {"ffm": estimators.FFM, "fm": estimators.FM, "lr": estimators.LogisticRegression}[model_type]
-        if model_type == "lr":
-            params = {k: v for k, v in params.items() if k != "k"}
         return cls(**params)
     raise ConfigError(f"model.type: unknown model type {model_type!r}; known: {', '.join(MODEL_TYPES)}")
 

@@ -108,7 +108,8 @@ class SearchSpace:
         return SearchSpace(self.model_type, tuple(params))
 
 
-# Defaults mirror the estimator constructors (FFM(eta=0.2, l2=2e-5, k=4)) and
+# Defaults mirror the estimator constructors (FFM(eta=0.2, l2=2e-5, k=4),
+# LogisticRegression(alpha=0.05, beta=1.0)) and
 # xgboost's own defaults, so "trial 0" is exactly what an untuned user gets.
 _FACTORIZATION = (
     Param("eta", "float", 0.01, 1.0, 0.2, log=True),
@@ -117,7 +118,9 @@ _FACTORIZATION = (
 SPACES: dict[str, SearchSpace] = {
     "ffm": SearchSpace("ffm", _FACTORIZATION + (Param("k", "int", 2, 16, 4),)),
     "fm": SearchSpace("fm", _FACTORIZATION + (Param("k", "int", 2, 32, 4),)),
-    "lr": SearchSpace("lr", _FACTORIZATION),
+    # LogisticRegression trains with FTRL-proximal: its step size is alpha/(beta + sqrt(n))
+    "lr": SearchSpace("lr", (Param("alpha", "float", 0.005, 1.0, 0.05, log=True),
+                             Param("beta", "float", 0.1, 10.0, 1.0, log=True))),
     "xgboost": SearchSpace("xgboost", (
         Param("learning_rate", "float", 0.01, 0.5, 0.3, log=True),
         Param("max_depth", "int", 2, 10, 6),

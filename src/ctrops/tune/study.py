@@ -133,15 +133,22 @@ def tune(objective: Callable[[Any], float], space: SearchSpace, *, n_trials: int
     study.enqueue_trial(defaults, user_attrs={"is_default": True})
 
     shares = _shares(n_trials, n_workers)
-    if len(shares) == 1:
+    if len(shares) > 1:
+        # the enqueued defaults run here first: two processes polling one SQLite
+        # storage can both claim the same waiting trial ("Cannot tell a COMPLETE trial")
+        study.optimize(objective, n_trials=1, catch=(ArithmeticError, FloatingPointError))
+        shares = _shares(n_trials - 1, n_workers)
+    if len(shares) <= 1:
+        n_left = sum(shares)
         def progress_cb(st: Any, _trial: Any) -> None:
             if on_progress is not None:
                 done = [t for t in st.trials if t.state.is_finished()]
                 best = min((t.value for t in done if t.value is not None), default=None)
                 on_progress(len(done), n_trials, best)
 
-        study.optimize(objective, n_trials=n_trials, callbacks=[progress_cb],
-                       catch=(ArithmeticError, FloatingPointError))
+        if n_left:
+            study.optimize(objective, n_trials=n_left, callbacks=[progress_cb],
+                           catch=(ArithmeticError, FloatingPointError))
     else:
         ctx = mp.get_context("spawn")  # fork after OpenMP/threads can deadlock
         procs = [ctx.Process(target=_run_trials, name=f"ctrops-tune-{i}",

@@ -83,37 +83,42 @@ def load_warm_start(client: Any, model_name: str, space: SearchSpace, *, alias: 
         return WarmStart(reason=f"{model_name} v{version} has no MLflow run to take a study from; using TPE",
                          source_version=version)
     run = client.get_run(mv.run_id)
+    parent = run.data.tags.get("mlflow.parentRunId")
+    if OBJECTIVE_VERSION_TAG not in run.data.tags and parent:
+        # the pipeline logs the model from its register step's child run; tag and study sit on the parent
+        run = client.get_run(parent)
+    run_id = run.info.run_id
     found = run.data.tags.get(OBJECTIVE_VERSION_TAG)
     if found is None:
-        return WarmStart(reason=f"run {mv.run_id} of {model_name} v{version} has no {OBJECTIVE_VERSION_TAG!r} "
-                                f"tag; using TPE", source_run_id=mv.run_id, source_version=version)
+        return WarmStart(reason=f"run {run_id} of {model_name} v{version} has no {OBJECTIVE_VERSION_TAG!r} "
+                                f"tag; using TPE", source_run_id=run_id, source_version=version)
     if found != version_tag:
-        return WarmStart(reason=f"search space changed: production run {mv.run_id} has {OBJECTIVE_VERSION_TAG} "
+        return WarmStart(reason=f"search space changed: production run {run_id} has {OBJECTIVE_VERSION_TAG} "
                                 f"{found!r}, current is {version_tag!r}; using TPE",
-                         source_run_id=mv.run_id, source_version=version)
+                         source_run_id=run_id, source_version=version)
     target = Path(download_dir) if download_dir is not None else Path(tempfile.mkdtemp(prefix="ctrops-warm-"))
     target.mkdir(parents=True, exist_ok=True)
     try:
-        local = Path(client.download_artifacts(mv.run_id, artifact_path, str(target)))
+        local = Path(client.download_artifacts(run_id, artifact_path, str(target)))
     except (MlflowException, OSError) as exc:
-        return WarmStart(reason=f"production run {mv.run_id} has no study artifact {artifact_path!r} "
-                                f"({type(exc).__name__}); using TPE", source_run_id=mv.run_id,
+        return WarmStart(reason=f"production run {run_id} has no study artifact {artifact_path!r} "
+                                f"({type(exc).__name__}); using TPE", source_run_id=run_id,
                          source_version=version)
     if not local.is_file():
-        return WarmStart(reason=f"production run {mv.run_id} has no study artifact {artifact_path!r}; using TPE",
-                         source_run_id=mv.run_id, source_version=version)
+        return WarmStart(reason=f"production run {run_id} has no study artifact {artifact_path!r}; using TPE",
+                         source_run_id=run_id, source_version=version)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             trials = load_source_trials(local, space)
     except Exception as exc:  # an unreadable study must never stop the weekly retrain
         log.warning("cannot read warm-start study %s: %s", local, exc)
-        return WarmStart(reason=f"study artifact of run {mv.run_id} is unreadable ({exc}); using TPE",
-                         source_run_id=mv.run_id, source_version=version)
+        return WarmStart(reason=f"study artifact of run {run_id} is unreadable ({exc}); using TPE",
+                         source_run_id=run_id, source_version=version)
     if len(trials) < MIN_SOURCE_TRIALS:
-        return WarmStart(reason=f"study of run {mv.run_id} has {len(trials)} complete trial(s) on the current "
+        return WarmStart(reason=f"study of run {run_id} has {len(trials)} complete trial(s) on the current "
                                 f"space, fewer than the {MIN_SOURCE_TRIALS} warm-started CMA-ES needs; using TPE",
-                         source_run_id=mv.run_id, source_version=version)
-    return WarmStart(source_trials=trials, source_run_id=mv.run_id, source_version=version,
-                     reason=f"warm start: {len(trials)} trials from {model_name} v{version} (run {mv.run_id}), "
+                         source_run_id=run_id, source_version=version)
+    return WarmStart(source_trials=trials, source_run_id=run_id, source_version=version,
+                     reason=f"warm start: {len(trials)} trials from {model_name} v{version} (run {run_id}), "
                             f"{OBJECTIVE_VERSION_TAG} {version_tag}")
