@@ -38,9 +38,6 @@ class Storage:
         """A human-readable location for error messages."""
         return f"{self.url.rstrip('/')}/{relative.lstrip('/')}"
 
-    def exists(self, relative: str) -> bool:
-        return bool(self.fs.exists(self.path(relative)))
-
     def read_bytes(self, relative: str) -> bytes:
         return bytes(self.fs.cat_file(self.path(relative)))
 
@@ -104,9 +101,12 @@ class Storage:
             raise
 
     def remove_tree(self, relative: str) -> None:
-        target = self.path(relative)
-        if self.fs.exists(target):
-            self.fs.rm(target, recursive=True)
+        """Delete a folder and everything under it; absent is fine (listing caches may be stale)."""
+        self.fs.invalidate_cache(self.path(relative))
+        try:
+            self.fs.rm(self.path(relative), recursive=True)
+        except FileNotFoundError:
+            pass
 
 
 def _copy(src: BinaryIO, out: BinaryIO, digest: Any = None) -> None:
