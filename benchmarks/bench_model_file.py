@@ -82,6 +82,8 @@ def bench_load(out_dir: Path, n_features: int, repeats: int) -> dict:
     t0 = time.perf_counter()
     info = save_model(path, params, header, arrays, {"purpose": "benchmark"})
     write_s = time.perf_counter() - t0
+    path16 = out_dir / f"ffm_{n_features}_f16.ctm"
+    info16 = save_model(path16, params, header, arrays, {"purpose": "benchmark"}, dtype="float16")
     del params, arrays
 
     def mmap_load():
@@ -93,11 +95,17 @@ def bench_load(out_dir: Path, n_features: int, repeats: int) -> dict:
     def baseline():
         read_fully(path)
 
-    results = {"file_bytes": info.nbytes, "n_features": n_features, "write_s": write_s}
-    baseline(), mmap_load(), mmap_load_verified()  # warm the page cache and imports equally
-    for name, fn in (("fromfile_s", baseline), ("mmap_s", mmap_load), ("mmap_verified_s", mmap_load_verified)):
+    def float16_load():
+        load_model(path16, verify=False).close()
+
+    results = {"file_bytes": info.nbytes, "float16_file_bytes": info16.nbytes, "n_features": n_features,
+               "write_s": write_s}
+    baseline(), mmap_load(), mmap_load_verified(), float16_load()  # warm the page cache and imports equally
+    for name, fn in (("fromfile_s", baseline), ("mmap_s", mmap_load), ("mmap_verified_s", mmap_load_verified),
+                     ("float16_s", float16_load)):
         results[name], results[name + "_all"] = median_time(fn, repeats)
     path.unlink()
+    path16.unlink()
     return results
 
 
@@ -184,6 +192,10 @@ def main() -> None:
     print(f"  load_model(mmap, verify=True):             {load['mmap_verified_s'] * 1e3:9.2f} ms  "
           f"= {load['mmap_verified_s'] / load['fromfile_s']:.2f}x baseline time "
           f"(sha256 {mb / load['mmap_verified_s']:.0f} MB/s incl. finite check)")
+    print(f"  float16 file: {load['float16_file_bytes'] / 1e6:.1f} MB "
+          f"({load['float16_file_bytes'] / load['file_bytes']:.2f} of float32); load_model(verify=False) with the "
+          f"widening copy to float32: {load['float16_s'] * 1e3:.2f} ms = {load['float16_s'] / load['fromfile_s']:.2f}x "
+          f"baseline time")
 
     sizes = bench_sizes(args.out, rows)
     v, h = sizes["vocab"], sizes["hash"]
