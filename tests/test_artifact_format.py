@@ -315,3 +315,10 @@ def test_any_single_corrupted_byte_is_refused_or_harmless(tmp_path):
             assert str(path) in str(exc)
             refused += 1
     assert refused > len(raw) // 7 * 0.8
+
+
+def test_a_folder_is_not_a_model_file(tmp_path):
+    with pytest.raises(ModelFileError, match="not a regular file"):
+        load_model(tmp_path)
+    with pytest.raises(ModelFileError, match="not a regular file"):
+        inspect_model(tmp_path)

@@ -443,6 +443,10 @@ def _file_size(path: Path, max_bytes: int | None) -> int:
         size = path.stat().st_size
     except FileNotFoundError:
         raise ModelFileError(f"{path}: model file does not exist") from None
+    except OSError as exc:
+        raise ModelFileError(f"{path}: cannot read the model file: {exc}") from exc
+    if not path.is_file():
+        raise ModelFileError(f"{path}: is not a regular file")
     if max_bytes is not None and size > max_bytes:
         raise ModelFileError(f"{path}: model file is {size} bytes, over the limit of {max_bytes} bytes")
     return size
@@ -465,13 +469,14 @@ def load_model(path: str | os.PathLike, *, mmap: bool = True, verify: bool = Tru
 
     path = Path(path)
     size = _file_size(path, max_bytes)
-    with open(path, "rb") as fh:
-        if mmap:
-            if size == 0:
-                raise ModelFileError(f"{path}: file is empty")
-            buf: _mmap.mmap | bytes = _mmap.mmap(fh.fileno(), 0, access=_mmap.ACCESS_READ)
-        else:
-            buf = fh.read()
+    if size == 0:
+        raise ModelFileError(f"{path}: file is empty")
+    try:
+        with open(path, "rb") as fh:
+            buf: _mmap.mmap | bytes = (_mmap.mmap(fh.fileno(), 0, access=_mmap.ACCESS_READ) if mmap
+                                       else fh.read())
+    except OSError as exc:
+        raise ModelFileError(f"{path}: cannot read the model file: {exc}") from exc
     try:
         return _open(path, buf, size, verify)
     except BaseException:
@@ -534,10 +539,13 @@ def inspect_model(path: str | os.PathLike) -> dict[str, Any]:
     """Header summary without reading the arrays (for `ctrops inspect` and manifests)."""
     path = Path(path)
     size = _file_size(path, None)
-    with open(path, "rb") as fh:
-        head = fh.read(PREAMBLE_SIZE)
-        if len(head) == PREAMBLE_SIZE and head[:8] == MAGIC:
-            head += fh.read(min(PREAMBLE.unpack_from(head)[3], size))
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(PREAMBLE_SIZE)
+            if len(head) == PREAMBLE_SIZE and head[:8] == MAGIC:
+                head += fh.read(min(PREAMBLE.unpack_from(head)[3], size))
+    except OSError as exc:
+        raise ModelFileError(f"{path}: cannot read the model file: {exc}") from exc
     header, blob, version = _read_header(path, head, size)
     return {
         "path": str(path),
