@@ -192,6 +192,7 @@ def join_logs(impressions: LogSource, clicks: LogSource, out_dir: str | os.PathL
 
     con = duckdb.connect(config={"threads": duckdb_threads, "memory_limit": duckdb_memory_limit})
     try:
+        con.execute("SET enable_progress_bar = false")
         con.register("imp_raw", imp)
         con.register("clk_raw", clk)
         con.register("conv_raw", conv if conv is not None else _empty_events())

@@ -286,68 +286,85 @@ def _arrow_to_text(col: pa.Array) -> pa.Array:
     return _text_array(col.to_pylist())
 
 
-def _parse_jsonl(path: Path, kind: str, sink: RejectSink) -> _Parsed:
-    """Arrow's JSON reader when the whole file is clean (the usual case), else line by line.
+_JSON_BLOCK_LINES = 256
 
-    Arrow stops at the first bad line without saying which rows it would have
-    kept, so any failure falls back to the exact per-line parser.
-    """
+
+def _arrow_block(block: list[bytes]) -> pa.Table | None:
+    """Arrow's parse of these lines, or None when any line is bad (or rows do not match lines)."""
     import pyarrow.json as pj
 
+    try:
+        table = pj.read_json(io.BytesIO(b"\n".join(block)), read_options=pj.ReadOptions(use_threads=False))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    return table if table.num_rows == len(block) else None
+
+
+def _parse_jsonl(path: Path, kind: str, sink: RejectSink) -> _Parsed:
+    """Arrow's JSON reader on the whole file, or block by block when a line is bad.
+
+    Arrow stops at the first bad line without saying which rows it would have
+    kept, so a failing block of lines is parsed again line by line in Python,
+    which names each bad line; clean blocks stay in Arrow. A dirty file thus
+    costs little more than a clean one.
+    """
     if path.suffix.lower() == ".gz":
         import gzip
         data = gzip.open(path, "rb").read()
     else:
         data = path.read_bytes()
-    # line numbers equal row numbers only without blank lines
-    if data and b"\n\n" not in data and not data.startswith(b"\n") and b"\r\n\r\n" not in data:
-        try:
-            table = pj.read_json(io.BytesIO(data), read_options=pj.ReadOptions(use_threads=False))
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            table = None
-        if table is not None:
-            n = table.num_rows
-            columns = {name: _arrow_to_text(table.column(name).combine_chunks()) for name in table.column_names}
-            split: list[bytes] = []
+    physical = data.split(b"\n")
+    numbered = [(i + 1, line) for i, line in enumerate(physical) if line.strip()]
+    total = len(numbered)
+    whole = _arrow_block([line for _, line in numbered]) if numbered else None
+    parts: list[tuple[dict[str, pa.Array], list[int]]] = []
+    if whole is not None:
+        parts.append(({n: _arrow_to_text(whole.column(n).combine_chunks()) for n in whole.column_names},
+                      [i for i, _ in numbered]))
+    else:
+        for start in range(0, total, _JSON_BLOCK_LINES):
+            chunk = numbered[start:start + _JSON_BLOCK_LINES]
+            table = _arrow_block([line for _, line in chunk])
+            if table is not None:
+                parts.append(({n: _arrow_to_text(table.column(n).combine_chunks()) for n in table.column_names},
+                              [i for i, _ in chunk]))
+            else:
+                parts.append(_parse_json_lines(chunk, path, kind, sink))
+    names: dict[str, None] = {}
+    for cols, _ in parts:
+        names.update(dict.fromkeys(cols))
+    columns = {name: pa.concat_arrays([cols[name] if name in cols else pa.nulls(len(lines), pa.string())
+                                       for cols, lines in parts]) if parts else pa.array([], pa.string())
+               for name in names}
+    lines = [line for _, ls in parts for line in ls]
 
-            def raw(i: int) -> str:
-                if not split:
-                    split.extend(data.split(b"\n"))
-                return split[i].decode("utf-8", errors="replace").rstrip("\r")
+    def raw(i: int) -> str:
+        return physical[lines[i] - 1].decode("utf-8", errors="replace").rstrip("\r")
 
-            return _Parsed(columns, list(range(1, n + 1)), raw, n)
-    return _parse_jsonl_lines(data.decode("utf-8", errors="replace"), path, kind, sink)
+    return _Parsed(columns, lines, raw, total)
 
 
-def _parse_jsonl_lines(text: str, path: Path, kind: str, sink: RejectSink) -> _Parsed:
+def _parse_json_lines(chunk: list[tuple[int, bytes]], path: Path, kind: str,
+                      sink: RejectSink) -> tuple[dict[str, pa.Array], list[int]]:
     records: list[dict] = []
     lines: list[int] = []
-    texts: list[str] = []
-    total = 0
     loads = json.loads
-    for line_no, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        total += 1
+    for line_no, raw in chunk:
+        line = raw.decode("utf-8", errors="replace").rstrip("\r")
         try:
             obj = loads(line)
         except json.JSONDecodeError as exc:
-            sink.add(kind, str(path), line_no, f"bad JSON: {exc.msg} (column {exc.colno})", line.rstrip("\r"))
+            sink.add(kind, str(path), line_no, f"bad JSON: {exc.msg} (column {exc.colno})", line)
             continue
         if not isinstance(obj, dict):
-            sink.add(kind, str(path), line_no, f"bad JSON: expected an object, got {type(obj).__name__}",
-                     line.rstrip("\r"))
+            sink.add(kind, str(path), line_no, f"bad JSON: expected an object, got {type(obj).__name__}", line)
             continue
         records.append(obj)
         lines.append(line_no)
-        texts.append(line)
     names: dict[str, None] = {}
     for rec in records:
-        for key in rec:
-            if key not in names:
-                names[key] = None
-    columns = {name: _text_array([rec.get(name) for rec in records]) for name in names}
-    return _Parsed(columns, lines, lambda i: texts[i].rstrip("\r"), total)
+        names.update(dict.fromkeys(rec))
+    return {name: _text_array([rec.get(name) for rec in records]) for name in names}, lines
 
 
 def _parse_csv(path: Path, kind: str, sink: RejectSink) -> _Parsed:
@@ -506,6 +523,7 @@ def read_log(source: str | os.PathLike | Sequence[str | os.PathLike], kind: str,
     con = duckdb.connect(config={"threads": 1})
     try:
         con.execute("SET TimeZone = 'UTC'")
+        con.execute("SET enable_progress_bar = false")
         for path in resolve_paths(source):
             fmt = _format_of(path, format)
             sink.start_file()
