@@ -199,3 +199,21 @@ def test_report_round_trips_core_metrics():
     assert math.isnan(partial.auc)
     assert evaluate_predictions(Y, P).data_fingerprint == r.data_fingerprint
     assert evaluate_predictions(Y[::-1], P).data_fingerprint != r.data_fingerprint
+
+
+def test_save_json_and_segments_from_parquet(tmp_path):
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ctrops.pipeline.evaluate import segments_from_parquet
+
+    pq.write_table(pa.table({"ad_id": ["a", "b", "a", None], "label": [1, 0, 1, 0]}), tmp_path / "v.parquet")
+    seg = segments_from_parquet(tmp_path / "v.parquet", ["ad_id"])
+    r = evaluate_predictions([1, 0, 1, 0], [0.7, 0.2, 0.6, 0.1], segments=seg)
+    assert [(s.key, s.rows) for s in r.segments["ad_id"]] == [("a", 2), ("(missing)", 1), ("b", 1)]
+    doc = json.loads(r.save_json(tmp_path / "report.json").read_text())
+    assert doc["log_loss"] == r.log_loss and doc["metrics"]["segment.ad_id.a.rows"] == 2.0
+    assert doc["segments"]["ad_id"][1]["auc"] is None  # NaN written as null
+    assert sum(doc["reliability"]["counts"]) == 4

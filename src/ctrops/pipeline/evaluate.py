@@ -28,7 +28,8 @@ import hashlib
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+import json
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -164,6 +165,9 @@ def plot_reliability(curve: ReliabilityCurve, path: str | Path, title: str = "Re
 
 # --------------------------------------------------------------------------- segments
 
+MISSING_SEGMENT = "(missing)"
+
+
 @dataclass(frozen=True)
 class SegmentMetrics:
     """Metrics of the rows sharing one value of a segment column."""
@@ -183,6 +187,8 @@ def segment_metrics(y: Any, p: Any, keys: Any, top_n: int = 10,
     """Metrics of the `top_n` segments with the most rows, largest first."""
     y_arr, p_arr, w = _as_arrays(y, p, weights)
     key_arr = np.asarray(keys)
+    if key_arr.dtype == object:  # e.g. strings with nulls from Parquet: make them sortable
+        key_arr = np.array([MISSING_SEGMENT if k is None else str(k) for k in key_arr.tolist()], dtype=str)
     if key_arr.shape != y_arr.shape:
         raise DataError(f"segment keys have {key_arr.size} rows but labels have {y_arr.size}")
     uniques, inverse, counts = np.unique(key_arr, return_inverse=True, return_counts=True)
@@ -428,6 +434,35 @@ class EvaluationReport:
             out["stability.prediction_spread"] = self.stability.prediction_spread
         return out
 
+    def save_json(self, path: str | Path) -> Path:
+        """Write every detail (segments, reliability bins, perturbations, seeds) as JSON, for an artifact."""
+        def clean(x: Any) -> Any:
+            if isinstance(x, float) and not math.isfinite(x):
+                return None  # JSON has no NaN
+            if isinstance(x, np.ndarray):
+                return [clean(v) for v in x.tolist()]
+            if isinstance(x, dict):
+                return {k: clean(v) for k, v in x.items()}
+            if isinstance(x, (list, tuple)):
+                return [clean(v) for v in x]
+            return x
+
+        doc: dict[str, Any] = {name: getattr(self, name) for name in self._CORE}
+        doc["data_fingerprint"] = self.data_fingerprint
+        doc["metrics"] = self.to_dict()
+        if self.reliability is not None:
+            doc["reliability"] = {"mean_predicted": self.reliability.mean_predicted,
+                                  "observed_rate": self.reliability.observed_rate,
+                                  "counts": self.reliability.counts, "strategy": self.reliability.strategy}
+        doc["segments"] = {col: [asdict(s) for s in segs] for col, segs in self.segments.items()}
+        doc["robustness"] = [asdict(r) for r in self.robustness]
+        doc["stability"] = None if self.stability is None else asdict(self.stability)
+        doc["plots"] = dict(self.plots)
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(clean(doc), indent=2) + "\n")
+        return out
+
     @classmethod
     def from_dict(cls, metrics: Mapping[str, float], data_fingerprint: str = "") -> "EvaluationReport":
         """Rebuild the core figures from `to_dict()` output (e.g. a production run's logged metrics).
@@ -439,6 +474,18 @@ class EvaluationReport:
         n_rows = values.pop("n_rows")
         return cls(n_rows=0 if math.isnan(n_rows) else int(n_rows), data_fingerprint=data_fingerprint,
                    **values)
+
+
+def segments_from_parquet(path: str | Path, columns: Sequence[str]) -> dict[str, np.ndarray]:
+    """Raw segment keys (e.g. ad_id, site_id) of a labelled Parquet file, one per row in file order.
+
+    Pairs with the matrix `load_dataset` builds from the same file (rows keep
+    their order); `evaluate_predictions` refuses keys whose length differs.
+    """
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path, columns=list(columns))
+    return {c: np.asarray(table.column(c).to_pylist(), dtype=object) for c in columns}
 
 
 def evaluate_predictions(y: Any, p: Any, *, weights: Any = None,
