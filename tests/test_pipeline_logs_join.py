@@ -271,3 +271,10 @@ def test_reader_timestamps_and_values_follow_the_documented_rules(tmp_path, dirt
     assert t.column("bid_price").to_pylist() == [2.0] * len(forms) + [1.25]
     assert t.column("flag").to_pylist()[0] == "true" and t.column("tags").to_pylist()[0] == '["a"]'
     assert t.column("_line").to_pylist() == list(range(1 + len(bad), len(rows) + 1 + len(bad)))
+
+
+def test_a_context_column_named_like_an_output_column_is_refused(tmp_path):
+    imps = write_jsonl(tmp_path / "imp.jsonl", [imp("i1", T10, label="x")])
+    clicks = write_jsonl(tmp_path / "clk.jsonl", [])
+    with pytest.raises(DataError, match="'label'"):
+        join_logs(imps, clicks, tmp_path / "out")

@@ -54,6 +54,8 @@ LABEL_COLUMN = "label"
 TIME_OUTPUT_COLUMN = "ts"
 _US_PER_DAY = 86_400_000_000
 _BOOKKEEPING = {ID_COLUMN, "ts_us", "_file", "_line"}
+_OUTPUT_NAMES = {LABEL_COLUMN, TIME_OUTPUT_COLUMN, "_positive", "_immature", "_click_delay_s",
+                 "_conversion_delay_s", "_conversion_value"}
 
 LogSource = str | os.PathLike | Sequence[str | os.PathLike]
 
@@ -199,6 +201,10 @@ def join_logs(impressions: LogSource, clicks: LogSource, out_dir: str | os.PathL
         end_us = _observation_end(con, observation_end, with_conversions=conv is not None)
         report.observation_end = _iso(end_us)
         context = [c for c in imp.column_names if c not in _BOOKKEEPING]
+        clash = sorted(set(context) & _OUTPUT_NAMES)
+        if clash:
+            raise DataError(f"impression column(s) {clash} collide with columns the join writes; rename them "
+                            f"in the log (reserved: {sorted(_OUTPUT_NAMES)})", path=str(impressions))
         _attribute(con, cw, vw)
         _count(con, report, with_conversions=conv is not None)
 
