@@ -290,6 +290,7 @@ cdef extern from *:
                         float kr, float eta, float lam, float l1,
                         const int32_t* j_next, Py_ssize_t n_next) noexcept nogil
     void ctr_prefetch_entries(const void* p, Py_ssize_t nbytes) noexcept nogil
+    void ctr_prefetch_feature(const float* W, Py_ssize_t j, Py_ssize_t sj) noexcept nogil
     void ctr_fm_sums(const int32_t* j, const float* x, Py_ssize_t n,
                      const float* W, Py_ssize_t sj, int k, double* S, double* sq) noexcept nogil
     double ctr_fm_pairs(const int32_t* j, const float* x, Py_ssize_t n,
@@ -527,7 +528,7 @@ def predict_logits(int model_code,
     PARALLEL_MIN_ROWS rows stay on the calling thread.
     """
     cdef Py_ssize_t n_rows = out.shape[0]
-    cdef Py_ssize_t i, lo, n
+    cdef Py_ssize_t i, lo, n, a
     cdef bint has_lat = latent.shape[0] > 0 and model_code != 2
     cdef bint has_lin = linear.shape[0] > 0
     cdef const float* W = &latent[0] if latent.shape[0] > 0 else NULL
@@ -539,6 +540,10 @@ def predict_logits(int model_code,
     for i in prange(n_rows, nogil=True, num_threads=max(nt, 1), schedule="static"):
         lo = indptr[i]
         n = indptr[i + 1] - lo
+        if has_lat and model_code == 0 and i + 1 < n_rows:
+            # FFM reads whole weight rows of every feature: request the next row's now
+            for a in range(indptr[i + 1], indptr[i + 2]):
+                ctr_prefetch_feature(W, indices[a], sj)
         t = bias
         if has_lin:
             t = t + _linear_sum(&indices[lo], &values[lo], n, L, linear_stride)
@@ -641,9 +646,15 @@ def score_candidates(int model_code, object latent, Py_ssize_t sj, Py_ssize_t sf
                 for d in range(k):
                     S_ctx[d] = 0.0
                 ctr_fm_sums(xj, xv, nc, W, sj, k, S_ctx, &ctx_sq)
+        if has_lat and model_code == 0:
+            for a in range(cptr[0], cptr[1] if n_cand > 0 else 0):
+                ctr_prefetch_feature(W, cj[a], sj)
         for c in range(n_cand):
             lo = cptr[c]
             n = cptr[c + 1] - lo
+            if has_lat and model_code == 0 and c + 1 < n_cand:
+                for a in range(cptr[c + 1], cptr[c + 2]):
+                    ctr_prefetch_feature(W, cj[a], sj)
             z = bias + ctx_lin
             if has_lin:
                 z = z + _linear_sum(&cj[lo], &cv[lo], n, L, 1)

@@ -193,14 +193,19 @@ class _Estimator:
         for _ in range(int(self.epochs)):
             epoch_no = self._epochs_done + 1
             order = np.random.default_rng([self.seed, 2, epoch_no]).permutation(train.n_rows).astype(np.int64)
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             loss_sum, weight_sum = self._run_epoch(arrays, labels, weights, order)
-            seconds = time.perf_counter() - start
+            seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
             self._epochs_done = epoch_no
+            # seconds: wall time of the training pass; cpu_seconds: CPU time of all its threads
+            # (on a shared machine the CPU time is the steadier figure)
             info: dict[str, Any] = {"epoch": epoch_no, "train_loss": loss_sum / max(weight_sum, 1e-300),
-                                    "valid_loss": None, "seconds": seconds}
+                                    "valid_loss": None, "seconds": seconds, "cpu_seconds": cpu_seconds,
+                                    "valid_seconds": 0.0}
             if valid is not None:
+                start = time.perf_counter()
                 info["valid_loss"] = _log_loss_of_logits(self._state_logits(valid, self.n_threads), y_valid, w_valid)
+                info["valid_seconds"] = time.perf_counter() - start
             run_history.append(info)
             self.history_.append(info)
             if self.verbose:
