@@ -167,7 +167,7 @@ class PredictionService:
 
 def create_app(config: ServingConfig, *, loader: ServingLoader | None = None,
                prediction_log: PredictionLog | None = None, metrics: ServerMetrics | None = None,
-               start_background: bool = True) -> Starlette:
+               start_background: bool = True) -> "PredictFastPath":
     """Build the app; `loader` / `prediction_log` may be injected (tests, embedding)."""
     metrics = metrics or ServerMetrics()
     loader = loader or build_loader(config, metrics)
@@ -262,4 +262,52 @@ def create_app(config: ServingConfig, *, loader: ServingLoader | None = None,
     app.state.loader = loader
     app.state.prediction_log = prediction_log
     app.state.metrics = metrics
-    return app
+    return PredictFastPath(app, service, max_body)
+
+
+class PredictFastPath:
+    """ASGI entry: POST /v1/predict goes straight to the service; everything else to Starlette.
+
+    The predict route is the only hot one; skipping routing, Request and
+    Response objects there saves tens of microseconds per call, and the
+    Starlette route stays registered (405 on other methods, same handler).
+    """
+
+    def __init__(self, app: Starlette, service: PredictionService, max_body: int) -> None:
+        self.app = app
+        self.state = app.state
+        self.service = service
+        self.max_body = max_body
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["path"] != "/v1/predict" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        chunks = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            if chunk:
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > self.max_body:
+                    self.service.metrics.errors.labels("body_too_large").inc()
+                    await _send(send, 413, _dumps({"error": "body_too_large", "message":
+                                                   f"the body exceeds the limit of {self.max_body} bytes"}).encode())
+                    return
+            if not message.get("more_body", False):
+                break
+        status, out = self.service.handle(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+        await _send(send, status, out)
+
+
+_JSON_HEADER = (b"content-type", b"application/json")
+
+
+async def _send(send, status: int, body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [_JSON_HEADER, (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})

@@ -17,7 +17,7 @@ import itertools
 import os
 import time
 
-MAX_CANDIDATES = 0x10000
+MAX_CANDIDATES = 0x1000  # ids keep 4 hex digits; the request limit stays below this
 SUFFIXES = tuple(f"{i:04x}" for i in range(MAX_CANDIDATES))
 
 
