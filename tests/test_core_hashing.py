@@ -34,3 +34,9 @@ def test_documented_value_is_stable():
     # pinned so that a change of the definition cannot go unnoticed by other-language readers
     assert hashing.feature_key(0, "abc", 0) == _hashing.feature_key(0, "abc", 0)
     assert hashing.feature_key(1, "a") == 8066632861391237942
+
+
+def test_seed_and_field_do_not_cancel():
+    # the seed is mixed before the first FNV step, so seed 1 / field 0 differs from seed 0 / field 1
+    assert hashing.feature_key(1, "a", 0) != hashing.feature_key(0, "a", 1)
+    assert _hashing.feature_key(1, "a", 0) != _hashing.feature_key(0, "a", 1)
