@@ -84,6 +84,7 @@ class PublishConfig:
     canary_rows: int = 5
     max_bytes: int | None = None
     dtype: str = "float32"
+    storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options, e.g. an S3 endpoint
 
 
 @dataclass(frozen=True)
@@ -203,12 +204,13 @@ class PipelineConfig:
             raise ConfigError("shards.n > 1 needs a weight-averaging model (ffm, fm, lr), not xgboost")
 
         publish = _section(doc, "publish", "")
-        _check_keys(publish, {"storage", "keep_last", "canary_rows", "max_bytes", "dtype"}, "publish")
+        _check_keys(publish, {"storage", "keep_last", "canary_rows", "max_bytes", "dtype", "storage_options"}, "publish")
         publish_cfg = PublishConfig(storage=url_or_path(_typed(publish, "storage", str, "storage", "publish.")),
                                     keep_last=_typed(publish, "keep_last", int, 5, "publish."),
                                     canary_rows=_typed(publish, "canary_rows", int, 5, "publish."),
                                     max_bytes=_typed(publish, "max_bytes", int, None, "publish."),
-                                    dtype=_typed(publish, "dtype", str, "float32", "publish."))
+                                    dtype=_typed(publish, "dtype", str, "float32", "publish."),
+                                    storage_options=_section(publish, "storage_options", "publish."))
         gate = _section(doc, "gate", "")
         from ctrops.pipeline.gate import GateConfig
 

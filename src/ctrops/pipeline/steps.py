@@ -353,8 +353,9 @@ def _production_predictions(ctx: StepContext, tmp: Path) -> tuple[np.ndarray | N
     try:  # storage holds the published file; for xgboost models the registry artifact does
         from ctrops.artifact.manifest import fetch_model, read_manifest
 
-        entry = read_manifest(cfg.publish.storage, cfg.name).resolve("production")
-        path = fetch_model(cfg.publish.storage, entry, tmp)
+        opts = cfg.publish.storage_options or None
+        entry = read_manifest(cfg.publish.storage, cfg.name, storage_options=opts).resolve("production")
+        path = fetch_model(cfg.publish.storage, entry, tmp, storage_options=opts)
     except Exception:  # noqa: BLE001 - fall back to the registry copy below
         path = None
     if path is None:
@@ -511,7 +512,8 @@ def publish_step(ctx: StepContext) -> dict[str, Any]:
                    if "." not in k}
         entry = publish_model(cfg.publish.storage, cfg.name, trained["model_path"], version=version,
                               metrics=metrics, canary=canary, aliases=("production",),
-                              keep_last=cfg.publish.keep_last)
+                              keep_last=cfg.publish.keep_last,
+                              storage_options=cfg.publish.storage_options or None)
         ctx.note(f"published v{version} to {cfg.publish.storage}")
     else:
         ctx.note("xgboost: served through the MLflow pyfunc flavor; storage holds .ctm files only")
