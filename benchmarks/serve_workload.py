@@ -244,7 +244,8 @@ def start_mlflow(model_path: Path, workers: int = 2) -> Server | None:
     port = free_port()
     return start("mlflow-serve", [PY, "-m", "mlflow", "models", "serve", "-m", str(model_dir), "--env-manager",
                                   "local", "--host", "127.0.0.1", "-p", str(port), "--workers", str(workers)],
-                 port, "/ping", timeout=300)
+                 port, "/ping", timeout=300,
+                 env={"PATH": f"{Path(PY).parent}:{os.environ.get('PATH', '')}"})  # mlflow execs `uvicorn`
 
 
 # ---- load generators --------------------------------------------------------------------------

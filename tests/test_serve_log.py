@@ -118,3 +118,19 @@ def test_every_served_tracking_id_is_logged_with_debug_sample(tmp_path):
     debug = [json.loads(x) for p in (tmp_path / "logs").glob("debug-*.jsonl") for x in p.read_text().splitlines()]
     assert len(debug) >= 2 and all(d["tracking_id"] in served for d in debug)
     assert all("explain" in d and d["arm"] == "production" for d in debug)
+
+
+@pytest.mark.parametrize("objs", [
+    [{"bid": 1.5, "w": 2}, {"bid": 2, "w": 3}],
+    [{"b": 'x"y'}, None, {"b": "\u00e9"}],
+    [{"a": 1}, {"b": 2}],
+    [{"a": True}, {"a": None}],
+    [None, None],
+    [{"%s": 1.0}, {"%s": 1e-300}],
+    [{}, {}],
+])
+def test_encode_objects_is_json(objs):
+    from ctrops.serve.logging_sink import encode_objects
+
+    out = encode_objects(objs)
+    assert [None if o is None else json.loads(o) for o in out] == objs

@@ -1,0 +1,108 @@
+"""Throughput and latency against what users run today: same model, same requests, same run.
+
+Closed-loop load with wrk (`apt-get install -y wrk`; Lua script
+benchmarks/bench_serve_wrk.lua cycles through pre-built bodies) against:
+  ctrops     `ctrops serve` (granian, 2 workers, Parquet prediction log on)
+  fastapi    FastAPI + pydantic + NumPy baseline (uvicorn, 2 workers), benchmarks/baselines/
+  mlflow     `mlflow models serve` (2 workers) of the ctrops pyfunc flavor, when ctrops.registry.pyfunc exists;
+             it takes the same request as a DataFrame of 100 rows (context repeated per candidate)
+Each server gets `--repeats` runs; the median run (by req/s) is reported with its p50/p99.
+
+    .venv/bin/python benchmarks/bench_serve_compare.py [--quick] [--duration 20] [--connections 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import serve_workload as w  # noqa: E402
+
+
+def measure(server: w.Server, bodies: Path, path: str, duration: int, connections: int, repeats: int) -> dict:
+    w.run_wrk(server.port, bodies, path, 2, min(connections, 4))  # warm up
+    runs = [w.run_wrk(server.port, bodies, path, duration, connections) for _ in range(repeats)]
+    runs.sort(key=lambda r: r["rps"])
+    med = dict(runs[len(runs) // 2])
+    med["rps_runs"] = [r["rps"] for r in runs]
+    med["memory"] = server.memory()
+    return med
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--duration", type=int, default=20)
+    ap.add_argument("--connections", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--runtime", default="granian", choices=["granian", "uvicorn"])
+    ap.add_argument("--only", default="ctrops,fastapi,mlflow")
+    args = ap.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed: apt-get update && apt-get install -y wrk")
+    n_features = 50_000 if args.quick else 1_000_000
+    duration, repeats = (3, 1) if args.quick else (args.duration, args.repeats)
+    only = set(args.only.split(","))
+
+    model = w.build_model(n_features)
+    reqs = w.make_requests(400, w.values_per_field(model))
+    bodies = w.write_bodies(reqs, w.OUT / "bodies-100.jsonl")
+    ml_bodies = w.write_bodies([w.mlflow_body(r) for r in reqs], w.OUT / "bodies-100-mlflow.jsonl")
+    results: dict = {"model": model.name, "workers": args.workers, "connections": args.connections,
+                     "duration_s": duration, "repeats": repeats}
+
+    if "ctrops" in only:
+        storage = w.OUT / f"store-compare-{n_features}"
+        shutil.rmtree(storage, ignore_errors=True)
+        w.publish(model, storage, 1)
+        log_dir = w.OUT / "prediction-log-compare"
+        shutil.rmtree(log_dir, ignore_errors=True)
+        s = w.start_ctrops(storage, args.workers, args.runtime, log_dir)
+        try:
+            results["ctrops"] = measure(s, bodies, "/v1/predict", duration, args.connections, repeats)
+            results["ctrops"]["server_side"] = w.server_latency(s.port)
+        finally:
+            s.stop()
+    if "fastapi" in only:
+        s = w.start_fastapi(model, args.workers)
+        try:
+            results["fastapi"] = measure(s, bodies, "/v1/predict", duration, args.connections, repeats)
+        finally:
+            s.stop()
+    if "mlflow" in only:
+        s = w.start_mlflow(model, args.workers)
+        if s is None:
+            print("mlflow: skipped: pyfunc flavor missing (ctrops.registry.pyfunc)")
+        else:
+            try:
+                results["mlflow"] = measure(s, ml_bodies, "/invocations", duration, args.connections, repeats)
+            finally:
+                s.stop()
+
+    print(f"{'server':8s} {'req/s':>9s} {'p50 ms':>9s} {'p99 ms':>9s} {'errors':>7s} {'PSS MiB':>8s}")
+    for name in ("ctrops", "fastapi", "mlflow"):
+        if name in results:
+            r = results[name]
+            print(f"{name:8s} {r['rps']:9.1f} {r['p50_ms']:9.2f} {r['p99_ms']:9.2f} {r['errors']:7d} "
+                  f"{r['memory']['pss_mb']:8.0f}")
+    if "ctrops" in results:
+        c = results["ctrops"]
+        for name in ("fastapi", "mlflow"):
+            if name in results:
+                b = results[name]
+                results[f"vs_{name}"] = {"throughput_x": c["rps"] / b["rps"], "p99_lower_x": b["p99_ms"] / c["p99_ms"]}
+                print(f"ctrops vs {name}: {c['rps'] / b['rps']:.1f}x throughput, p99 {b['p99_ms'] / c['p99_ms']:.1f}x lower")
+    out = w.OUT / f"bench_serve_compare{'-quick' if args.quick else ''}.json"
+    out.write_text(json.dumps(results, indent=2))
+    print(json.dumps({k: v for k, v in results.items() if k.startswith("vs_")}))
+
+
+if __name__ == "__main__":
+    main()
