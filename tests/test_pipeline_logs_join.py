@@ -278,3 +278,17 @@ def test_a_context_column_named_like_an_output_column_is_refused(tmp_path):
     clicks = write_jsonl(tmp_path / "clk.jsonl", [])
     with pytest.raises(DataError, match="'label'"):
         join_logs(imps, clicks, tmp_path / "out")
+
+
+def test_blank_lines_do_not_shift_line_numbers(tmp_path):
+    rows = [json.dumps(imp(f"i{n}", T10)) for n in range(4)]
+    path = tmp_path / "imp.jsonl"
+    path.write_text(rows[0] + "\n\n" + rows[1] + "\n   \n" + rows[2] + "\n" + '{"impression_id": "x"}' + "\n" + rows[3])
+    sink = RejectSink(tmp_path / "rejects.jsonl")
+    t = read_log(path, "impressions", sink)
+    sink.close()
+    assert t.column("_line").to_pylist() == [1, 3, 5, 7]
+    assert json.loads((tmp_path / "rejects.jsonl").read_text())["line"] == 6
+    clean = tmp_path / "clean.jsonl"
+    clean.write_text("\n".join(rows))  # no final newline
+    assert read_log(clean, "impressions", RejectSink(None)).column("_line").to_pylist() == [1, 2, 3, 4]

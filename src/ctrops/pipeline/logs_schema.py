@@ -290,14 +290,17 @@ _JSON_BLOCK_LINES = 256
 
 
 def _arrow_block(block: list[bytes]) -> pa.Table | None:
-    """Arrow's parse of these lines, or None when any line is bad (or rows do not match lines)."""
+    """Arrow's parse of these lines, or None when any line is bad (or rows do not match lines).
+
+    A one-element block may hold a whole file; the caller then checks the row count itself.
+    """
     import pyarrow.json as pj
 
     try:
         table = pj.read_json(io.BytesIO(b"\n".join(block)), read_options=pj.ReadOptions(use_threads=False))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return None
-    return table if table.num_rows == len(block) else None
+    return table if len(block) == 1 or table.num_rows == len(block) else None
 
 
 def _parse_jsonl(path: Path, kind: str, sink: RejectSink) -> _Parsed:
@@ -313,15 +316,23 @@ def _parse_jsonl(path: Path, kind: str, sink: RejectSink) -> _Parsed:
         data = gzip.open(path, "rb").read()
     else:
         data = path.read_bytes()
-    physical = data.split(b"\n")
-    numbered = [(i + 1, line) for i, line in enumerate(physical) if line.strip()]
-    total = len(numbered)
-    whole = _arrow_block([line for _, line in numbered]) if numbered else None
+    physical: list[bytes] = []
     parts: list[tuple[dict[str, pa.Array], list[int]]] = []
+    # the usual case, a clean file without blank lines: one Arrow call, row i is line i + 1
+    n_lines = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
+    whole = None
+    if data.strip() and b"\n\n" not in data and b"\n\r\n" not in data and not data.startswith((b"\n", b"\r")):
+        whole = _arrow_block([data])
+        if whole is not None and whole.num_rows != n_lines:
+            whole = None
     if whole is not None:
+        total = n_lines
         parts.append(({n: _arrow_to_text(whole.column(n).combine_chunks()) for n in whole.column_names},
-                      [i for i, _ in numbered]))
+                      list(range(1, n_lines + 1))))
     else:
+        physical = data.split(b"\n")
+        numbered = [(i + 1, line) for i, line in enumerate(physical) if line.strip()]
+        total = len(numbered)
         for start in range(0, total, _JSON_BLOCK_LINES):
             chunk = numbered[start:start + _JSON_BLOCK_LINES]
             table = _arrow_block([line for _, line in chunk])
@@ -339,6 +350,8 @@ def _parse_jsonl(path: Path, kind: str, sink: RejectSink) -> _Parsed:
     lines = [line for _, ls in parts for line in ls]
 
     def raw(i: int) -> str:
+        if not physical:
+            physical.extend(data.split(b"\n"))
         return physical[lines[i] - 1].decode("utf-8", errors="replace").rstrip("\r")
 
     return _Parsed(columns, lines, raw, total)
