@@ -297,3 +297,21 @@ def test_parquet_bad_label_rows_rejected(tmp_path):
 def test_unknown_format():
     with pytest.raises(ConfigError, match="unknown input format"):
         list(iter_keyed_chunks("x", "json", FieldSpec.criteo()))
+
+
+def test_parallel_segments_equal_single_thread(tmp_path):
+    lines = random_criteo_lines(np.random.default_rng(8), 9000, bad_fraction=0.05)
+    path = tmp_path / "big.tsv"
+    write_lines(path, lines, blank_every=97)
+    assert path.stat().st_size > (1 << 20)   # segments are only cut in buffers of 1 MiB and more
+    logs, chunks = [], []
+    for threads in (1, 3):
+        log = RejectLog(str(path))
+        log.keep = 10**6
+        chunks.append(KeyedChunk.concat(list(iter_criteo(path, rejects=log, chunk_bytes=4 << 20,
+                                                         n_threads=threads)), 39))
+        logs.append(log)
+    np.testing.assert_array_equal(chunks[0].keys, chunks[1].keys)
+    np.testing.assert_array_equal(chunks[0].labels, chunks[1].labels)
+    assert [r.line for r in logs[0].first] == [r.line for r in logs[1].first]
+    assert logs[0].count == logs[1].count > 0

@@ -12,6 +12,7 @@ A parsed chunk is a dense key matrix `keys[row, field]` (uint64): 0 means
 field (a real key 0 is replaced by 1, the convention of the vocabulary table).
 """
 
+cimport cython
 from cpython.dict cimport PyDict_GetItem, PyDict_Next
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.object cimport PyObject
@@ -20,13 +21,13 @@ from cpython.long cimport PyLong_AsLongLongAndOverflow
 from libc.math cimport log, floor, isfinite, isnan
 from libc.stdint cimport uint8_t, int32_t, int64_t, uint32_t, uint64_t
 from libc.stdlib cimport strtod, malloc, calloc, free, realloc
-from libc.string cimport memcpy, memcmp, memchr
+from libc.string cimport memcpy, memcmp, memchr, memmove
 from libc.stdio cimport snprintf
 cimport numpy as cnp
 import numpy as np
 from cython.parallel cimport prange
 
-from ctrops.data._hashing cimport key_bytes, key_of
+from ctrops.data._hashing cimport field_state, key_bytes, key_from_state, key_of
 
 cnp.import_array()
 
@@ -52,6 +53,7 @@ KIND_RAW = 2
 
 cdef enum:
     NUMBUF = 64
+    NAME_CACHE = 128
 
 
 # ---------------------------------------------------------------------------
@@ -174,128 +176,194 @@ def count_lines(const unsigned char[::1] buf):
 # delimited text (Criteo TSV): bytes -> labels, weights, keys, values
 # ---------------------------------------------------------------------------
 
-def parse_delimited(const unsigned char[::1] buf, const int32_t[::1] roles, const int32_t[::1] field_of,
-                    int n_fields, unsigned long long seed, const uint64_t[::1] raw_keys,
-                    const unsigned char[::1] missing_data, const int64_t[::1] missing_offsets,
-                    int64_t first_line, unsigned char sep=9, bint want_values=False):
-    """Parse complete lines of delimiter-separated text.
-
-    roles[c] / field_of[c] say what column c is; raw_keys[f] is the key of the
-    single feature of a `raw` numeric field. Blank lines are skipped. Returns
-    (labels, weights, keys, values, rejects, n_lines) where rejects is
-    int64[n_rejected, 5]: line number, reason, detail, byte start, byte end.
-    """
-    cdef Py_ssize_t nbuf = buf.shape[0], ncols = roles.shape[0]
-    cdef Py_ssize_t max_rows = 1, i
-    for i in range(nbuf):
-        if buf[i] == 10:
-            max_rows += 1
-    labels_a = np.empty(max_rows, dtype=np.float32)
-    weights_a = np.ones(max_rows, dtype=np.float32)
-    keys_a = np.zeros((max_rows, n_fields), dtype=np.uint64)
-    values_a = np.ones((max_rows, n_fields), dtype=np.float32) if want_values else np.ones((1, n_fields), dtype=np.float32)
-    rejects_a = np.empty((max_rows, 5), dtype=np.int64)
-    cdef float[::1] labels = labels_a
-    cdef float[::1] weights = weights_a
-    cdef uint64_t[:, ::1] keys = keys_a
-    cdef float[:, ::1] values = values_a
-    cdef int64_t[:, ::1] rejects = rejects_a
-    cdef Py_ssize_t n_miss = missing_offsets.shape[0] - 1
-    cdef const unsigned char* mdata = &missing_data[0] if missing_data.shape[0] > 0 else NULL
-    cdef const int64_t* moff = &missing_offsets[0]
-    cdef const unsigned char* base = &buf[0] if nbuf > 0 else NULL
-    cdef Py_ssize_t pos = 0, line_start, line_end, tok_start, tok_end, col, row = 0, n_rej = 0
-    cdef int64_t line_no = first_line - 1
-    cdef int role, f, bad, detail
+cdef Py_ssize_t _parse_segment(const unsigned char* base, Py_ssize_t pos, Py_ssize_t nbuf,
+                               const int32_t* roles, const int32_t* field_of, Py_ssize_t ncols, Py_ssize_t n_fields,
+                               const uint64_t* states, uint64_t seed, const uint64_t* raw_keys,
+                               const unsigned char* mdata, const int64_t* moff, Py_ssize_t n_miss,
+                               int64_t line_no, unsigned char sep, bint want_values,
+                               float* labels, float* weights, uint64_t* keys, float* values,
+                               int64_t* rejects, Py_ssize_t* n_rej_out) noexcept nogil:
+    """Parse the lines of base[pos:nbuf] into rows starting at the given outputs; returns the row count."""
+    cdef Py_ssize_t line_start, line_end, tok_start, tok_end, col, row = 0, n_rej = 0, i
+    cdef int role, bad, detail
+    cdef int32_t f
     cdef double v
     cdef float lab
     cdef const unsigned char* nl
+    cdef uint64_t* krow
+    line_no -= 1
+    while pos < nbuf:
+        line_start = pos
+        nl = <const unsigned char*>memchr(base + pos, 10, nbuf - pos)
+        if nl == NULL:
+            line_end = nbuf
+            pos = nbuf
+        else:
+            line_end = nl - base
+            pos = line_end + 1
+        line_no += 1
+        if line_end > line_start and base[line_end - 1] == 13:
+            line_end -= 1
+        if line_end == line_start:
+            continue
+        # blank (space-only) lines are not rows
+        i = line_start
+        while i < line_end and base[i] == 32 and base[i] != sep:
+            i += 1
+        if i == line_end:
+            continue
+        krow = keys + row * n_fields
+        for i in range(n_fields):
+            krow[i] = 0
+        weights[row] = 1.0
+        if want_values:
+            for i in range(n_fields):
+                values[row * n_fields + i] = 1.0
+        bad = 0
+        detail = 0
+        col = 0
+        tok_start = line_start
+        while True:
+            nl = <const unsigned char*>memchr(base + tok_start, sep, line_end - tok_start)
+            tok_end = line_end if nl == NULL else nl - base
+            if col < ncols:
+                role = roles[col]
+                f = field_of[col]
+                if role == 3:
+                    if not is_missing(base + tok_start, tok_end - tok_start, mdata, moff, n_miss):
+                        krow[f] = stored(key_from_state(states[f], <const char*>(base + tok_start),
+                                                        tok_end - tok_start))
+                elif role == 4 or role == 5:
+                    if not is_missing(base + tok_start, tok_end - tok_start, mdata, moff, n_miss):
+                        if not parse_number(base + tok_start, tok_end - tok_start, &v):
+                            if bad == 0:
+                                bad = 3
+                                detail = <int>col
+                        elif role == 4:
+                            krow[f] = log2bin_key(<uint32_t>f, v, seed)
+                        else:
+                            krow[f] = raw_keys[f]
+                            if want_values:
+                                values[row * n_fields + f] = <float>v
+                elif role == 1:
+                    if not parse_label(base + tok_start, tok_end - tok_start, &lab):
+                        if bad == 0:
+                            bad = 2
+                            detail = <int>col
+                    else:
+                        labels[row] = lab
+                elif role == 2:
+                    if not parse_number(base + tok_start, tok_end - tok_start, &v) or v < 0:
+                        if bad == 0:
+                            bad = 4
+                            detail = <int>col
+                    else:
+                        weights[row] = <float>v
+            col += 1
+            if tok_end >= line_end:
+                break
+            tok_start = tok_end + 1
+        if col != ncols:
+            bad = 1
+            detail = <int>col
+        if bad:
+            rejects[n_rej * 5 + 0] = line_no
+            rejects[n_rej * 5 + 1] = bad
+            rejects[n_rej * 5 + 2] = detail
+            rejects[n_rej * 5 + 3] = line_start
+            rejects[n_rej * 5 + 4] = line_end
+            n_rej += 1
+            continue
+        row += 1
+    n_rej_out[0] = n_rej
+    return row
+
+
+def parse_delimited(const unsigned char[::1] buf, const int32_t[::1] roles, const int32_t[::1] field_of,
+                    int n_fields, unsigned long long seed, const uint64_t[::1] raw_keys,
+                    const unsigned char[::1] missing_data, const int64_t[::1] missing_offsets,
+                    int64_t first_line, unsigned char sep=9, bint want_values=False, int n_threads=1):
+    """Parse complete lines of delimiter-separated text.
+
+    roles[c] / field_of[c] say what column c is; raw_keys[f] is the key of the
+    single feature of a `raw` numeric field. Blank lines are skipped. With
+    n_threads > 1 the buffer is cut at line boundaries into that many
+    segments parsed in parallel. Returns (labels, weights, keys, values,
+    rejects, n_lines) where rejects is int64[n_rejected, 5]: line number,
+    reason, detail, byte start, byte end.
+    """
+    cdef Py_ssize_t nbuf = buf.shape[0], ncols = roles.shape[0], i, s
+    cdef int nseg = max(1, min(n_threads, 64))
+    if nbuf < (1 << 20):
+        nseg = 1
+    cdef Py_ssize_t seg_start[65]
+    cdef Py_ssize_t seg_lines[65]
+    cdef Py_ssize_t seg_rows[64]
+    cdef Py_ssize_t seg_rej[64]
+    cdef const unsigned char* base = &buf[0] if nbuf > 0 else NULL
+    cdef const unsigned char* nl
+    # segment boundaries at line starts, and the lines before each segment
+    seg_start[0] = 0
+    for s in range(1, nseg):
+        i = nbuf * s // nseg
+        if i < seg_start[s - 1]:
+            i = seg_start[s - 1]
+        nl = <const unsigned char*>memchr(base + i, 10, nbuf - i) if i < nbuf else NULL
+        seg_start[s] = nbuf if nl == NULL else (nl - base) + 1
+    seg_start[nseg] = nbuf
+    cdef Py_ssize_t total_lines = 0
     with nogil:
-        while pos < nbuf:
-            line_start = pos
-            nl = <const unsigned char*>memchr(base + pos, 10, nbuf - pos)
-            if nl == NULL:
-                line_end = nbuf
-                pos = nbuf
-            else:
-                line_end = nl - base
-                pos = line_end + 1
-            line_no += 1
-            if line_end > line_start and base[line_end - 1] == 13:
-                line_end -= 1
-            if line_end == line_start:
-                continue
-            # blank (whitespace-only) lines are not rows
-            i = line_start
-            while i < line_end and (base[i] == 32 or base[i] == 9) and base[i] != sep:
-                i += 1
-            if i == line_end:
-                continue
-            bad = 0
-            detail = 0
-            col = 0
-            tok_start = line_start
-            while True:
-                tok_end = tok_start
-                while tok_end < line_end and base[tok_end] != sep:
-                    tok_end += 1
-                if col < ncols:
-                    role = roles[col]
-                    f = field_of[col]
-                    if role == 3:
-                        if not is_missing(base + tok_start, tok_end - tok_start, mdata, moff, n_miss):
-                            keys[row, f] = stored(key_bytes(<uint32_t>f, <const char*>(base + tok_start),
-                                                            tok_end - tok_start, seed))
-                    elif role == 4 or role == 5:
-                        if not is_missing(base + tok_start, tok_end - tok_start, mdata, moff, n_miss):
-                            if not parse_number(base + tok_start, tok_end - tok_start, &v):
-                                if bad == 0:
-                                    bad = 3
-                                    detail = col
-                            elif role == 4:
-                                keys[row, f] = log2bin_key(<uint32_t>f, v, seed)
-                            else:
-                                keys[row, f] = raw_keys[f]
-                                if want_values:
-                                    values[row, f] = <float>v
-                    elif role == 1:
-                        if not parse_label(base + tok_start, tok_end - tok_start, &lab):
-                            if bad == 0:
-                                bad = 2
-                                detail = col
-                        else:
-                            labels[row] = lab
-                    elif role == 2:
-                        if not parse_number(base + tok_start, tok_end - tok_start, &v) or v < 0:
-                            if bad == 0:
-                                bad = 4
-                                detail = col
-                        else:
-                            weights[row] = <float>v
-                col += 1
-                if tok_end >= line_end:
-                    break
-                tok_start = tok_end + 1
-            if col != ncols:
-                bad = 1
-                detail = <int>col
-            if bad:
-                rejects[n_rej, 0] = line_no
-                rejects[n_rej, 1] = bad
-                rejects[n_rej, 2] = detail
-                rejects[n_rej, 3] = line_start
-                rejects[n_rej, 4] = line_end
-                n_rej += 1
-                for f in range(n_fields):
-                    keys[row, f] = 0
-                    if want_values:
-                        values[row, f] = 1.0
-                weights[row] = 1.0
-                continue
-            row += 1
-    n_lines = line_no - first_line + 1
+        for s in range(nseg):
+            seg_lines[s] = total_lines
+            for i in range(seg_start[s], seg_start[s + 1]):
+                if base[i] == 10:
+                    total_lines += 1
+    if nbuf and base[nbuf - 1] != 10:
+        total_lines += 1
+    cdef Py_ssize_t max_rows = total_lines + 1
+    labels_a = np.empty(max_rows, dtype=np.float32)
+    weights_a = np.ones(max_rows, dtype=np.float32)
+    keys_a = np.empty((max_rows, n_fields), dtype=np.uint64)
+    values_a = np.empty((max_rows, n_fields), dtype=np.float32) if want_values else np.ones((1, n_fields), dtype=np.float32)
+    rejects_a = np.empty((max_rows, 5), dtype=np.int64)
+    cdef float* labels = <float*>cnp.PyArray_DATA(labels_a)
+    cdef float* weights = <float*>cnp.PyArray_DATA(weights_a)
+    cdef uint64_t* keys = <uint64_t*>cnp.PyArray_DATA(keys_a)
+    cdef float* values = <float*>cnp.PyArray_DATA(values_a)
+    cdef int64_t* rejects = <int64_t*>cnp.PyArray_DATA(rejects_a)
+    states_a = np.array([field_state(<uint32_t>f, seed) for f in range(n_fields)], dtype=np.uint64)
+    cdef const uint64_t* states = <const uint64_t*>cnp.PyArray_DATA(states_a)
+    cdef Py_ssize_t n_miss = missing_offsets.shape[0] - 1
+    cdef const unsigned char* mdata = &missing_data[0] if missing_data.shape[0] > 0 else NULL
+    cdef const int64_t* moff = &missing_offsets[0]
+    cdef const uint64_t* rk = &raw_keys[0] if raw_keys.shape[0] > 0 else NULL
+    cdef const int32_t* rp = &roles[0] if ncols > 0 else NULL
+    cdef const int32_t* fp = &field_of[0] if ncols > 0 else NULL
+    cdef Py_ssize_t r0
+    for s in prange(nseg, nogil=True, num_threads=nseg, schedule="static", chunksize=1):
+        r0 = seg_lines[s]
+        seg_rows[s] = _parse_segment(base, seg_start[s], seg_start[s + 1], rp, fp, ncols, n_fields, states,
+                                     seed, rk, mdata, moff, n_miss, first_line + r0, sep, want_values,
+                                     labels + r0, weights + r0, keys + r0 * n_fields,
+                                     values + r0 * n_fields if want_values else values,
+                                     rejects + r0 * 5, &seg_rej[s])
+    # compact the segments' rows (and rejects) to be contiguous
+    cdef Py_ssize_t row = seg_rows[0], n_rej = seg_rej[0]
+    with nogil:
+        for s in range(1, nseg):
+            r0 = seg_lines[s]
+            if seg_rows[s]:
+                memmove(labels + row, labels + r0, seg_rows[s] * sizeof(float))
+                memmove(weights + row, weights + r0, seg_rows[s] * sizeof(float))
+                memmove(keys + row * n_fields, keys + r0 * n_fields, seg_rows[s] * n_fields * sizeof(uint64_t))
+                if want_values:
+                    memmove(values + row * n_fields, values + r0 * n_fields, seg_rows[s] * n_fields * sizeof(float))
+            if seg_rej[s]:
+                memmove(rejects + n_rej * 5, rejects + r0 * 5, seg_rej[s] * 5 * sizeof(int64_t))
+            row += seg_rows[s]
+            n_rej += seg_rej[s]
     return (labels_a[:row], weights_a[:row], keys_a[:row], values_a[:row] if want_values else None,
-            rejects_a[:n_rej], n_lines)
+            rejects_a[:n_rej], total_lines)
 
 
 # ---------------------------------------------------------------------------
@@ -490,15 +558,20 @@ def number_column_keys(uint64_t[:, ::1] keys, int col, uint32_t field, const dou
 # token counting and the vocabulary table
 # ---------------------------------------------------------------------------
 
+cdef struct CountSlot:
+    uint64_t key      # 0 = empty
+    double count
+    int32_t field
+
+
 cdef class KeyCounter:
     """Occurrences of each (non-zero) key, remembering the field it came from.
 
-    An open-addressing map grown by doubling; one pass over the key matrix,
-    which is what makes fitting a vocabulary on millions of rows take seconds.
+    An open-addressing map of (key, count, field) slots grown by doubling; one
+    slot per cache access, one pass over the key matrix, which is what makes
+    fitting a vocabulary on millions of rows take seconds.
     """
-    cdef uint64_t* keys
-    cdef int32_t* fields
-    cdef double* counts
+    cdef CountSlot* slots
     cdef Py_ssize_t capacity
     cdef Py_ssize_t size
 
@@ -506,56 +579,51 @@ cdef class KeyCounter:
         cdef Py_ssize_t cap = 16
         while cap < capacity:
             cap <<= 1
-        self._alloc(cap)
-
-    cdef void _alloc(self, Py_ssize_t cap) except *:
-        self.keys = <uint64_t*>calloc(cap, sizeof(uint64_t))
-        self.fields = <int32_t*>malloc(cap * sizeof(int32_t))
-        self.counts = <double*>malloc(cap * sizeof(double))
-        if self.keys == NULL or self.fields == NULL or self.counts == NULL:
+        self.slots = <CountSlot*>calloc(cap, sizeof(CountSlot))
+        if self.slots == NULL:
             raise MemoryError()
         self.capacity = cap
         self.size = 0
 
     def __dealloc__(self):
-        free(self.keys)
-        free(self.fields)
-        free(self.counts)
+        free(self.slots)
 
     cdef inline void _insert(self, uint64_t k, int32_t f, double c) noexcept nogil:
         cdef uint64_t mask = self.capacity - 1
         cdef uint64_t s = k & mask
-        while self.keys[s] != 0:
-            if self.keys[s] == k:
-                self.counts[s] += c
+        while self.slots[s].key != 0:
+            if self.slots[s].key == k:
+                self.slots[s].count += c
                 return
             s = (s + 1) & mask
-        self.keys[s] = k
-        self.fields[s] = f
-        self.counts[s] = c
+        self.slots[s].key = k
+        self.slots[s].field = f
+        self.slots[s].count = c
         self.size += 1
 
     cdef void _grow(self) except *:
-        cdef uint64_t* ok = self.keys
-        cdef int32_t* of = self.fields
-        cdef double* oc = self.counts
+        cdef CountSlot* old = self.slots
         cdef Py_ssize_t ocap = self.capacity, i
-        self._alloc(ocap * 2)
+        self.slots = <CountSlot*>calloc(ocap * 2, sizeof(CountSlot))
+        if self.slots == NULL:
+            self.slots = old
+            raise MemoryError()
+        self.capacity = ocap * 2
+        self.size = 0
         for i in range(ocap):
-            if ok[i] != 0:
-                self._insert(ok[i], of[i], oc[i])
-        free(ok)
-        free(of)
-        free(oc)
+            if old[i].key != 0:
+                self._insert(old[i].key, old[i].field, old[i].count)
+        free(old)
 
     def add(self, const uint64_t[:, ::1] keys, const float[::1] weights=None):
         """Count every non-zero keys[r, f] (column f is the field), weighted by weights[r] if given."""
-        cdef Py_ssize_t n = keys.shape[0], nf = keys.shape[1], r, f, start, stop, block = 1024
+        cdef Py_ssize_t n = keys.shape[0], nf = keys.shape[1], r, f, start, stop, block = 4096
         cdef uint64_t k
         cdef double w = 1.0
         cdef bint weighted = weights is not None
         for start in range(0, n, block):
             stop = min(n, start + block)
+            # at most half full even if every key of the block is new
             while (self.size + (stop - start) * nf) * 2 > self.capacity:
                 self._grow()
             with nogil:
@@ -580,10 +648,10 @@ cdef class KeyCounter:
         cdef double[::1] oc = out_c
         cdef Py_ssize_t i, j = 0
         for i in range(self.capacity):
-            if self.keys[i] != 0:
-                ok[j] = self.keys[i]
-                of[j] = self.fields[i]
-                oc[j] = self.counts[i]
+            if self.slots[i].key != 0:
+                ok[j] = self.slots[i].key
+                of[j] = self.slots[i].field
+                oc[j] = self.slots[i].count
                 j += 1
         return out_k, out_f, out_c
 
@@ -677,6 +745,7 @@ def encode_keys(const uint64_t[:, ::1] keys, const float[:, ::1] values, const u
 # the request path: raw Python values -> entries, in microseconds
 # ---------------------------------------------------------------------------
 
+@cython.final
 cdef class RequestEncoder:
     """Encodes one context dict and N candidate dicts of raw values.
 
@@ -706,6 +775,18 @@ cdef class RequestEncoder:
     cdef int32_t* ent_i
     cdef float* ent_v
     cdef Py_ssize_t ent_cap
+    # raw views of the arrays above (kept alive by the memoryviews)
+    cdef const int32_t* kinds_p
+    cdef const uint64_t* tk_p
+    cdef const int32_t* tv_p
+    cdef uint64_t mask
+    cdef uint64_t* states
+    # name -> field cache by object identity: dict keys are usually the same
+    # str objects request after request, and comparing a pointer is cheaper
+    # than hashing; the cached objects are referenced so addresses stay unique
+    cdef PyObject* name_ptr[NAME_CACHE]
+    cdef int name_field[NAME_CACHE]
+    cdef list name_refs
 
     def __cinit__(self, list names, kinds, raw_keys, table_keys, table_values,
                   unsigned long long seed, unsigned long long hash_space, missing_values=()):
@@ -722,6 +803,14 @@ cdef class RequestEncoder:
             raise ValueError("hash_space must be positive when there is no table")
         self.seed = seed
         self.hash_space = hash_space
+        self.kinds_p = &self.kinds[0] if self.n_fields > 0 else NULL
+        self.tk_p = &self.tk[0] if self.cap > 0 else NULL
+        self.tv_p = &self.tv[0] if self.cap > 0 else NULL
+        self.mask = <uint64_t>(self.cap - 1) if self.cap > 0 else 0
+        self.name_refs = [None] * NAME_CACHE
+        for f in range(NAME_CACHE):
+            self.name_ptr[f] = NULL
+            self.name_field[f] = -1
         self.missing = frozenset(str(m) for m in missing_values)
         self.has_missing = len(self.missing) > 0
         nf = max(1, self.n_fields)
@@ -733,11 +822,17 @@ cdef class RequestEncoder:
         self.ent_f = <int32_t*>malloc(self.ent_cap * sizeof(int32_t))
         self.ent_i = <int32_t*>malloc(self.ent_cap * sizeof(int32_t))
         self.ent_v = <float*>malloc(self.ent_cap * sizeof(float))
+        self.states = <uint64_t*>malloc(nf * sizeof(uint64_t))
+        if self.states == NULL:
+            raise MemoryError()
+        for f in range(self.n_fields):
+            self.states[f] = field_state(<uint32_t>f, seed)
         if (self.ctx_idx == NULL or self.ctx_val == NULL or self.ctx_set == NULL or self.in_cands == NULL
                 or self.ent_f == NULL or self.ent_i == NULL or self.ent_v == NULL):
             raise MemoryError()
 
     def __dealloc__(self):
+        free(self.states)
         free(self.ctx_idx)
         free(self.ctx_val)
         free(self.ctx_set)
@@ -763,13 +858,28 @@ cdef class RequestEncoder:
         cdef int32_t j
         k = stored(k)
         if self.cap > 0:
-            j = table_find(&self.tk[0], &self.tv[0], <uint64_t>(self.cap - 1), k)
+            j = table_find(self.tk_p, self.tv_p, self.mask, k)
             return j if j >= 0 else 2 * f + 1
         return <int32_t>(2 * self.n_fields + <int64_t>(k % self.hash_space))
 
-    cdef int _encode(self, int f, object v, int32_t* idx, float* val) except -1:
+    cdef inline int _field_of(self, PyObject* name) except -2:
+        """Field number of a dict key, -1 if it is not a field."""
+        cdef size_t slot = (<size_t>name >> 4) % NAME_CACHE
+        cdef PyObject* pf
+        cdef int f
+        if self.name_ptr[slot] == name:
+            return self.name_field[slot]
+        pf = PyDict_GetItem(self.field_of, <object>name)
+        f = -1 if pf == NULL else <int>(<object>pf)
+        if type(<object>name) is str:
+            self.name_refs[slot] = <object>name
+            self.name_ptr[slot] = name
+            self.name_field[slot] = f
+        return f
+
+    cdef inline int _encode(self, int f, object v, int32_t* idx, float* val) except -1:
         """Feature index and value of raw value v in field f; returns 1 if present, 0 if missing."""
-        cdef int kind = self.kinds[f]
+        cdef int kind = self.kinds_p[f]
         cdef const char* buf
         cdef Py_ssize_t n
         cdef char num[32]
@@ -788,13 +898,13 @@ cdef class RequestEncoder:
                     idx[0] = 2 * f
                     val[0] = 1.0
                     return 0
-                k = key_bytes(<uint32_t>f, buf, n, self.seed)
+                k = key_from_state(self.states[f], buf, n)
             elif type(v) is int:
                 iv = PyLong_AsLongLongAndOverflow(v, &overflow)
                 if overflow:
                     k = key_of(<uint32_t>f, str(v), self.seed)
                 else:
-                    k = key_bytes(<uint32_t>f, num, fmt_i64(num, iv), self.seed)
+                    k = key_from_state(self.states[f], num, fmt_i64(num, iv))
             elif type(v) is float:
                 d = v
                 if isnan(d):
@@ -873,10 +983,9 @@ cdef class RequestEncoder:
                 context = dict(context)
             pos = 0
             while PyDict_Next(context, &pos, &pk, &pv):
-                pf = PyDict_GetItem(self.field_of, <object>pk)
-                if pf == NULL:
+                f = self._field_of(pk)
+                if f < 0:
                     continue
-                f = <int>(<object>pf)
                 self._encode(f, <object>pv, &self.ctx_idx[f], &self.ctx_val[f])
                 self.ctx_set[f] = 1
         # candidates, first pass: own entries into scratch
@@ -893,10 +1002,9 @@ cdef class RequestEncoder:
             self._reserve(ne + len(<dict>cand))
             pos = 0
             while PyDict_Next(cand, &pos, &pk, &pv):
-                pf = PyDict_GetItem(self.field_of, <object>pk)
-                if pf == NULL:
+                f = self._field_of(pk)
+                if f < 0:
                     continue
-                f = <int>(<object>pf)
                 self.ent_f[ne] = f
                 self._encode(f, <object>pv, &self.ent_i[ne], &self.ent_v[ne])
                 if not self.in_cands[f]:

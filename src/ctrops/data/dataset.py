@@ -94,7 +94,7 @@ def load_dataset(path: str | os.PathLike, format: str, spec: FieldSpec | None = 
                  encoder: FeatureEncoder | None = None, cache_dir: str | os.PathLike | None = None,
                  rejects: str | os.PathLike | Literal[False] | None = None, progress: Progress | None = None, *,
                  max_reject_fraction: float = DEFAULT_MAX_REJECT_FRACTION,
-                 n_threads: int = 1) -> tuple[FieldMatrix, ReadReport]:
+                 n_threads: int | None = None) -> tuple[FieldMatrix, ReadReport]:
     """Read, encode and (optionally) cache a log file.
 
     format   "criteo", "csv", "parquet" (encoded with `encoder`) or "libffm"
@@ -105,8 +105,11 @@ def load_dataset(path: str | os.PathLike, format: str, spec: FieldSpec | None = 
     rejects  reject file path; None = next to the input (see
              `default_reject_path`), or in the cache folder when caching;
              False = count only, write no file.
+    n_threads  native threads for parsing and encoding (default: the CPU count, at most 4).
     """
     t0 = time.perf_counter()
+    if n_threads is None:
+        n_threads = min(4, os.cpu_count() or 1)
     check_format(format)
     path_s = str(path)
     if format != "libffm":
@@ -149,7 +152,8 @@ def load_dataset(path: str | os.PathLike, format: str, spec: FieldSpec | None = 
             assert encoder is not None and spec is not None
             chunks: list[KeyedChunk] = []
             counter = None if encoder.is_fitted else encoder.partial_counter()
-            for chunk in iter_keyed_chunks(path, format, spec, encoder.seed, rejects=rlog, progress=progress):
+            for chunk in iter_keyed_chunks(path, format, spec, encoder.seed, rejects=rlog, progress=progress,
+                                           n_threads=n_threads):
                 if counter is not None:
                     counter.add(chunk.keys, chunk.weights)
                 chunks.append(chunk)

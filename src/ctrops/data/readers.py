@@ -227,11 +227,12 @@ def _record_rejects(rejects: RejectLog, rej: np.ndarray, buf: bytes, columns: tu
 
 def iter_criteo(path: str | os.PathLike, spec: FieldSpec | None = None, seed: int = 0, *,
                 rejects: RejectLog | None = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-                progress: Progress | None = None) -> Iterator[KeyedChunk]:
+                progress: Progress | None = None, n_threads: int = 1) -> Iterator[KeyedChunk]:
     """Criteo TSV (label, I1..I13, C1..C26; empty = missing) as keyed chunks.
 
     `spec` names which of those columns are label/weight/fields (default: the
-    built-in Criteo spec); columns it does not name are skipped.
+    built-in Criteo spec); columns it does not name are skipped. Each chunk is
+    parsed by `n_threads` native threads.
     """
     spec = spec or FieldSpec.criteo()
     rejects = rejects if rejects is not None else RejectLog(str(path))
@@ -244,7 +245,7 @@ def iter_criteo(path: str | os.PathLike, spec: FieldSpec | None = None, seed: in
     with _Source(path) as src:
         for buf in _line_blocks(src, chunk_bytes):
             labels, weights, keys, values, rej, n_lines = _parse.parse_delimited(
-                buf, roles, field_of, spec.n_fields, seed, raw_keys, mdata, moff, line, 9, want_values)
+                buf, roles, field_of, spec.n_fields, seed, raw_keys, mdata, moff, line, 9, want_values, n_threads)
             line += n_lines
             if len(rej):
                 _record_rejects(rejects, rej, buf, CRITEO_COLUMNS)
@@ -618,11 +619,12 @@ def iter_valid_batches(path: str | os.PathLike, fmt: str, spec: FieldSpec, *, re
 
 
 def iter_keyed_chunks(path: str | os.PathLike, fmt: str, spec: FieldSpec, seed: int = 0, *,
-                      rejects: RejectLog | None = None, progress: Progress | None = None) -> Iterator[KeyedChunk]:
+                      rejects: RejectLog | None = None, progress: Progress | None = None,
+                      n_threads: int = 1) -> Iterator[KeyedChunk]:
     """Keyed chunks of a criteo/csv/parquet file under `spec` (LIBFFM is already indexed: `read_libffm`)."""
     check_format(fmt)
     if fmt == "criteo":
-        yield from iter_criteo(path, spec, seed, rejects=rejects, progress=progress)
+        yield from iter_criteo(path, spec, seed, rejects=rejects, progress=progress, n_threads=n_threads)
         return
     if fmt == "libffm":
         raise ConfigError("LIBFFM text is already indexed; read it with read_libffm (or load_dataset)")
