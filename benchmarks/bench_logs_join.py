@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from ctrops.pipeline.join import join_logs
-from ctrops.pipeline.loggen import generate_logs
+from ctrops.pipeline.loggen import CLICK_COLUMNS, IMPRESSION_COLUMNS, generate_logs
 
 
 def timed(fn, repeats: int) -> tuple[float, float, object]:
@@ -50,9 +50,10 @@ def duckdb_baseline(logs: Path, out: Path) -> int:
     con.execute("SET enable_progress_bar = false")
 
     def src(kind: str) -> str:
+        names = IMPRESSION_COLUMNS if kind == "impressions" else CLICK_COLUMNS
+        columns = ", ".join(f"{name}: 'VARCHAR'" for name in names)  # every column, as the join reads them
         return (f"read_json('{logs / kind}/*.jsonl', format='newline_delimited', ignore_errors=true, "
-                f"columns={{impression_id: 'VARCHAR', ts: 'VARCHAR', ad_id: 'VARCHAR', site_id: 'VARCHAR', "
-                f"user_id: 'VARCHAR', device_type: 'VARCHAR'}})")
+                f"columns={{{columns}}})")
 
     con.execute(f"""
         COPY (
