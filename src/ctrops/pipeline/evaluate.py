@@ -132,8 +132,12 @@ def reliability_curve(y: Any, p: Any, n_bins: int = 10, strategy: str = "quantil
     )
 
 
-def plot_reliability(curve: ReliabilityCurve, path: str | Path, title: str = "Reliability") -> Path:
-    """Write the reliability diagram (and the prediction histogram under it) as a PNG.
+def plot_reliability(curve: ReliabilityCurve, path: str | Path, title: str = "Reliability",
+                     predictions: Any = None) -> Path:
+    """Write the reliability diagram as a PNG, with the distribution of predictions under it.
+
+    With `predictions`, the lower panel is their histogram (where the model
+    puts its mass); without, the row count of each bin.
 
     Uses the Agg canvas directly, so it works on servers without a display and
     does not touch pyplot's global state.
@@ -155,8 +159,17 @@ def plot_reliability(curve: ReliabilityCurve, path: str | Path, title: str = "Re
     top.set_ylabel("observed rate")
     top.set_title(f"{title} (ECE {curve.expected_calibration_error:.4f})")
     top.legend(loc="upper left")
-    bottom.bar(np.arange(curve.counts.size), curve.counts, color="tab:blue")
-    bottom.set_xlabel(f"bin ({curve.strategy})")
+    if predictions is not None:
+        p = np.asarray(predictions, dtype=np.float64)
+        p = p[np.isfinite(p)]
+        top_p = max(float(p.max(initial=0.0)), hi)
+        bottom.hist(p, bins=50, range=(0.0, top_p), color="tab:blue")
+        bottom.set_xlim(0, top_p)
+        bottom.set_yscale("log")
+        bottom.set_xlabel("predicted probability")
+    else:
+        bottom.bar(np.arange(curve.counts.size), curve.counts, color="tab:blue")
+        bottom.set_xlabel(f"bin ({curve.strategy})")
     bottom.set_ylabel("rows")
     fig.tight_layout()
     fig.savefig(out, format="png")
@@ -516,7 +529,8 @@ def evaluate_predictions(y: Any, p: Any, *, weights: Any = None,
     for column, keys in (segments or {}).items():
         report.segments[column] = segment_metrics(y_arr, p_arr, keys, top_n=top_n, weights=w)
     if plot_dir is not None and curve is not None:
-        path = plot_reliability(curve, Path(plot_dir) / f"{name}_reliability.png", title=f"{name} reliability")
+        path = plot_reliability(curve, Path(plot_dir) / f"{name}_reliability.png", title=f"{name} reliability",
+                                predictions=p_arr)
         report.plots["reliability"] = str(path)
     return report
 
