@@ -1,0 +1,140 @@
+"""Warm-started CMA-ES vs cold TPE on next week's data: trials needed to reach the same loss.
+
+Setting (the fourth talk's weekly retrain): week 0 and week 1 come from
+`gen_criteo_like.py --week 0/1` (same hidden FFM, drifted by a quarter of the
+weights' spread). A 30-trial TPE study on week 0 plays last week's production
+study. On week 1, per repetition r:
+
+  cold: TPE (seed r), 30 trials, defaults enqueued first  -> best loss B_r
+  warm: CMA-ES warm-started from the week-0 trials (seed r), 15 trials,
+        defaults enqueued first -> first trial whose running best <= B_r
+
+The figure is the median over repetitions of that trial count, and the ratio
+30 / median (how many times fewer trials warm needs to reach cold's 30-trial
+result); the target is a count <= 15, i.e. a ratio >= 2. A repetition where
+warm does not reach B_r within its budget counts as budget + 1.
+
+Size: 50k rows per week (40k train / 10k valid), FFM with at most 4 epochs
+(early stopping, patience 1): a few seconds per trial on this shared 2-core
+machine, so 5 reps x 45 trials plus the 30-trial week-0 study fit in ~15-20
+minutes with one study per core. --quick: 20k rows, 2 reps, 10 cold / 6 warm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+GEN = "/work/shared/bench/gen_criteo_like.py"
+
+
+def make_week(out: Path, rows: int, week: int, seed: int) -> tuple[str, str]:
+    """Generate one week, split 80/20, encode with the week's own encoder into matrix caches."""
+    from ctrops.data.features import FeatureEncoder
+    from ctrops.data.readers import iter_criteo
+    from ctrops.data.spec import FieldSpec
+
+    tsv = out / f"week{week}.tsv"
+    if not tsv.exists():
+        subprocess.run([sys.executable, GEN, str(rows), str(tsv), "--seed", str(seed), "--week", str(week)],
+                       check=True, stdout=subprocess.DEVNULL)
+    lines = tsv.read_text().splitlines(keepends=True)
+    cut = int(len(lines) * 0.8)
+    paths = {}
+    for part, chunk in (("train", lines[:cut]), ("valid", lines[cut:])):
+        p = out / f"week{week}_{part}.tsv"
+        p.write_text("".join(chunk))
+        paths[part] = p
+    spec = FieldSpec.criteo()
+    enc = FeatureEncoder(spec, min_count=5)
+    train_in = list(iter_criteo(paths["train"], spec))
+    enc.fit(train_in)
+    enc.transform(train_in).save(out / f"week{week}_train")
+    enc.transform(list(iter_criteo(paths["valid"], spec))).save(out / f"week{week}_valid")
+    return str(out / f"week{week}_train"), str(out / f"week{week}_valid")
+
+
+def run_study(args: tuple) -> tuple[str, int, list[float], float]:
+    """One study in its own process: (mode, rep, values by trial number, seconds)."""
+    mode, rep, train, valid, n_trials, source_db, out, epochs = args
+    from ctrops.tune import Objective, TuningData, load_source_trials, space_for, tune
+
+    space = space_for("ffm")
+    obj = Objective("ffm", TuningData(train, valid), space,
+                    fixed={"epochs": epochs, "patience": 1, "n_threads": 1, "seed": 0})
+    source = load_source_trials(source_db, space) if source_db else None
+    t0 = time.perf_counter()
+    res = tune(obj, space, n_trials=n_trials, study_path=Path(out) / f"{mode}_{rep}.db", source_trials=source,
+               seed=rep)
+    return mode, rep, res.values, time.perf_counter() - t0
+
+
+def trials_to_reach(values: list[float], target: float) -> int | None:
+    best = float("inf")
+    for i, v in enumerate(values, 1):
+        best = min(best, v)
+        if best <= target:
+            return i
+    return None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--rows", type=int, default=None)
+    ap.add_argument("--reps", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--out", default="bench-out/warmstart")
+    ap.add_argument("--procs", type=int, default=2)
+    a = ap.parse_args()
+    rows = a.rows or (20_000 if a.quick else 50_000)
+    reps = a.reps or (2 if a.quick else 5)
+    cold_n, warm_n, source_n, epochs = (10, 6, 12, 3) if a.quick else (30, 15, 30, 4)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    w0 = make_week(out, rows, 0, a.seed)
+    w1 = make_week(out, rows, 1, a.seed)
+    print(f"data: {rows} rows/week (80/20 split), encoded in {time.perf_counter() - t0:.1f}s", flush=True)
+
+    with ProcessPoolExecutor(max_workers=a.procs) as pool:
+        _, _, src_values, src_s = pool.submit(run_study, ("week0", 0, *w0, source_n, None, str(out), epochs)).result()
+        print(f"week-0 study: {source_n} TPE trials in {src_s:.0f}s, best {min(src_values):.5f}", flush=True)
+        source_db = str(out / "week0_0.db")
+        jobs = []
+        for r in range(reps):
+            jobs.append(("cold", r, *w1, cold_n, None, str(out), epochs))
+            jobs.append(("warm", r, *w1, warm_n, source_db, str(out), epochs))
+        results = list(pool.map(run_study, jobs))
+    by = {(m, r): (v, s) for m, r, v, s in results}
+    counts, cold_counts = [], []
+    print(f"{'rep':>3} {'cold best@'+str(cold_n):>14} {'warm best@'+str(warm_n):>14} {'warm trials':>11} "
+          f"{'cold trials':>11} {'default':>9}")
+    for r in range(reps):
+        cold, _ = by[("cold", r)]
+        warm, _ = by[("warm", r)]
+        target = min(cold)
+        n = trials_to_reach(warm, target)
+        counts.append(n if n is not None else warm_n + 1)
+        cold_counts.append(trials_to_reach(cold, target))
+        print(f"{r:>3} {target:>14.5f} {min(warm):>14.5f} {('>' + str(warm_n)) if n is None else n:>11} "
+              f"{cold_counts[-1]:>11} {cold[0]:>9.5f}")
+    med = statistics.median(counts)
+    med_cold = statistics.median(cold_counts)
+    trial_s = statistics.median([s / len(v) for v, s in by.values()])
+    print(f"median trials for warm CMA-ES to reach cold TPE's {cold_n}-trial best: {med:g} "
+          f"(target <= {warm_n}); cold TPE itself needed a median {med_cold:g}")
+    print(f"ratio (cold budget {cold_n} / warm median {med:g}): {cold_n / med:.2f}x; "
+          f"ratio (cold median trials-to-best / warm): {med_cold / med:.2f}x")
+    print(f"median seconds per trial {trial_s:.2f}; total {time.perf_counter() - t0:.0f}s")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    main()
