@@ -9,9 +9,10 @@ models must survive, with a ground truth to measure against:
 * Zipf-popular users and sites, an hour-of-day traffic curve and weekend
   traffic dips;
 * weekly behaviour: mobile clicks rise on weekends, and with `week_drift` > 0
-  the ad effects and the site-category x ad affinities drift a little every
-  day, `week_drift` standard deviations per week (a campaign getting stale,
-  audiences moving), which is why models are retrained weekly;
+  the ad effects and the site-category x ad affinities move steadily along a
+  random direction, by `week_drift` times their initial spread per week (a
+  campaign getting stale, audiences moving), which is why models are
+  retrained weekly;
 * click delays of seconds to minutes with a tail past the attribution window,
   conversion delays of hours to days, duplicate clicks and conversions
   (double-fired trackers), orphan clicks (the impression log lost the row),
