@@ -193,6 +193,9 @@ def train_shards(model_type: str, hyper: Mapping[str, Any], shards: Sequence[str
     if rounds > 1:
         hyper["epochs"] = max(1, epochs // rounds)
 
+    # shard models see the validation set only to stop early; without early stopping it would cost an
+    # evaluation per epoch for nothing
+    shard_valid = valid_dir if hyper.get("early_stopping", True) else None
     t0 = time.perf_counter()
     start: str | None = None
     results: list[dict[str, Any]] = []
@@ -200,7 +203,7 @@ def train_shards(model_type: str, hyper: Mapping[str, Any], shards: Sequence[str
     with ProcessPoolExecutor(max_workers=n_proc, mp_context=mp.get_context("spawn")) as pool:
         for r in range(rounds):
             outs = [str(work / f"round{r}_shard{i}.npz") for i in range(len(shard_dirs))]
-            futures = [pool.submit(_train_shard, model_type, hyper, d, valid_dir, start, o)
+            futures = [pool.submit(_train_shard, model_type, hyper, d, shard_valid, start, o)
                        for d, o in zip(shard_dirs, outs)]
             results = [f.result() for f in futures]
             averaged = average_params([load_params(o) for o in outs], [res["rows"] for res in results])
