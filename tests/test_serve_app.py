@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
@@ -34,7 +35,7 @@ def test_predict_ranks_and_tracks(client):
     assert scores == sorted(scores, reverse=True)
     expected = HashScorer(7).score(request_body()["context"], [c["fields"] for c in request_body(5)["candidates"]])
     by_id = {c["id"]: c["score"] for c in cands}
-    assert [by_id[f"ad{i}"] for i in range(5)] == pytest.approx(expected.tolist())
+    assert [by_id[f"ad{i}"] for i in range(5)] == pytest.approx(expected.tolist(), abs=1e-9)
     ids = [c["tracking_id"] for c in cands]
     assert len(set(ids)) == 5 and all(len(t) == 32 for t in ids)
     again = client.post("/v1/predict", json=request_body(5)).json()
@@ -182,10 +183,10 @@ def test_render_response_is_the_documented_json():
     from ctrops.serve.app import render_response
 
     ids = ['a"b', "caf\u00e9", 3, "x\\y"]
-    out = json.loads(render_response("r%1", "e", "arm", None, "p" * 28, ids, [0.25, 0.5, 1e-20, 0.75],
-                                     [3, 1, 0, 2]))
+    scores = np.array([0.25, 0.123456789012, 1e-20, 1.0])
+    out = json.loads(render_response("r%1", "e", "arm", None, "p" * 28, ids, scores, [3, 1, 0, 2]))
     assert out == {"request_id": "r%1", "experiment": "e", "arm": "arm", "model_version": None, "candidates": [
-        {"id": "x\\y", "score": 0.75, "rank": 1, "tracking_id": "p" * 28 + "0003"},
-        {"id": "caf\u00e9", "score": 0.5, "rank": 2, "tracking_id": "p" * 28 + "0001"},
+        {"id": "x\\y", "score": 1.0, "rank": 1, "tracking_id": "p" * 28 + "0003"},
+        {"id": "caf\u00e9", "score": 0.123456789, "rank": 2, "tracking_id": "p" * 28 + "0001"},
         {"id": 'a"b', "score": 0.25, "rank": 3, "tracking_id": "p" * 28 + "0000"},
-        {"id": 3, "score": 1e-20, "rank": 4, "tracking_id": "p" * 28 + "0002"}]}
+        {"id": 3, "score": 0.0, "rank": 4, "tracking_id": "p" * 28 + "0002"}]}

@@ -45,11 +45,13 @@ _ID_INT = {int}
 
 
 def render_response(request_id: str, experiment: str, arm: str, version: int | None, prefix: str,
-                    ids: list, scores: list[float], order: list[int]) -> bytes:
+                    ids: list, scores: np.ndarray, order: list[int]) -> bytes:
     """The response JSON, built with C-level map/format over the ranked candidates.
 
-    Equivalent to json.dumps of the documented object; ids are JSON-escaped by
-    the json module's own string encoder, scores use float repr (as json does).
+    Equivalent to json.dumps of the documented object, except that scores are
+    written with 9 decimals (fixed point: float repr costs ~1 µs a number on
+    small CPUs, integer formatting a tenth of that); ids are JSON-escaped by the
+    json module's own string encoder.
     """
     kinds = set(map(type, ids))
     if kinds == _ID_STR:
@@ -58,10 +60,14 @@ def render_response(request_id: str, experiment: str, arm: str, version: int | N
         ids_json = ids
     else:
         ids_json = [_encode_str(i) if type(i) is str else str(i) for i in ids]
-    row = '{"id":%s,"score":%r,"rank":%d,"tracking_id":"' + prefix + '%s"}'
-    get_id, get_score = ids_json.__getitem__, scores.__getitem__
-    rows = ",".join(map(row.__mod__, zip(map(get_id, order), map(get_score, order),
-                                         range(1, len(order) + 1), map(SUFFIXES.__getitem__, order))))
+    row = '{"id":%s,"score":%s.%09d,"rank":%d,"tracking_id":"' + prefix + '%s"}'
+    nano = np.rint(np.asarray(scores, dtype=np.float64) * 1e9).astype(np.int64)
+    whole, frac = np.divmod(nano, 1_000_000_000)
+    whole, frac = whole.tolist(), frac.tolist()
+    get_id = ids_json.__getitem__
+    rows = ",".join(map(row.__mod__, zip(map(get_id, order), map(whole.__getitem__, order),
+                                         map(frac.__getitem__, order), range(1, len(order) + 1),
+                                         map(SUFFIXES.__getitem__, order))))
     head = _dumps({"request_id": request_id, "experiment": experiment, "arm": arm, "model_version": version})
     return f'{head[:-1]},"candidates":[{rows}]}}'.encode()
 
@@ -137,7 +143,7 @@ class PredictionService:
             order = order[:req.top_k]
         ids = req.candidate_ids
         body_out = render_response(request_id, state.experiment.name, arm.name, version, prefix, ids,
-                                   scores.tolist(), order.tolist())
+                                   scores, order.tolist())
         counter = self._arm_counters.get(arm.name)
         if counter is None:
             counter = self._arm_counters[arm.name] = self.metrics.predictions.labels(arm.name)
