@@ -291,7 +291,20 @@ class _Estimator:
 
 
 class _FactorizationMachine(_Estimator):
-    """FFM and FM share AdaGrad training with L2, optional L1 proximal step, linear terms and bias."""
+    """FFM and FM share AdaGrad training with L2, optional L1 proximal step, linear terms and bias.
+
+    Like LIBFFM, `l2` enters every per-row update of a weight (not once per
+    epoch), and so does `l1`: after each AdaGrad step the weight is
+    soft-thresholded by eta / sqrt(G) * l1, which sets it to exactly zero when
+    the step would cross zero. Because frequent features are updated many times
+    per epoch, useful `l1` values are small (about 1e-4 to 1e-3 on Criteo-like
+    data). `linear` and `bias` add AdaGrad-trained first-order terms (xLearn
+    style); LIBFFM has neither. `normalize` scales the pairwise term by
+    1 / sum(x^2) of the row. `n_threads` > 1 trains lock-free over rows
+    (Hogwild, as LIBFFM), which is not bit-reproducible; one thread is.
+    `history_` holds per epoch: epoch, train_loss (measured before each row's
+    update), valid_loss, seconds (wall), cpu_seconds, valid_seconds.
+    """
 
     def __init__(self, k: int = 4, eta: float = 0.2, l2: float = 2e-5, l1: float = 0.0, epochs: int = 20,
                  normalize: bool = True, linear: bool = True, bias: bool = True, early_stopping: bool = True,
@@ -421,7 +434,13 @@ class FM(_FactorizationMachine):
 
 
 class LogisticRegression(_Estimator):
-    """Logistic regression trained with FTRL-proximal; l1 > 0 yields exact zeros."""
+    """Logistic regression trained with FTRL-proximal (McMahan et al. 2013).
+
+    Per coordinate: learning rate alpha / (beta + sqrt(sum g^2)); `l1` and `l2`
+    are FTRL's, applied to the accumulated gradient z, so a weight is exactly
+    zero while |z| <= l1 (l1 is on the scale of summed gradients: tens on
+    100k-row data). The bias is learned by FTRL without regularization.
+    """
 
     model_type = "lr"
 
