@@ -130,13 +130,14 @@ def make_request(rows: list[list[str]], spec: FieldSpec, n_candidates: int):
             return None
         return int(text) if name.startswith("I") else text
 
-    context = {n: value(n, rows[0][1 + spec.field_index(n)]) for n in ctx_names}
-    context = {k: v for k, v in context.items() if v is not None}
+    # the row with the fewest empty context values; an empty one is sent as None (a missing value)
+    best = max(rows, key=lambda r: sum(r[1 + spec.field_index(n)] != "" for n in ctx_names))
+    context = {n: value(n, best[1 + spec.field_index(n)]) for n in ctx_names}
     candidates = []
     for c in range(n_candidates):
         row = rows[1 + c % (len(rows) - 1)]
         cand = {n: value(n, row[1 + spec.field_index(n)]) for n in ad_names}
-        candidates.append({k: v for k, v in cand.items() if v is not None} | {"ad_id": f"ad{c}"})
+        candidates.append(cand | {"ad_id": f"ad{c}"})
     return context, candidates
 
 

@@ -266,3 +266,11 @@ def test_encode_request_rejects_non_numbers():
 
 def test_raw_feature_key_is_the_empty_token():
     assert raw_feature_key(1, 5) == stored_key(feature_key(1, "", 5))
+
+
+def test_encode_request_non_ascii_values():
+    rows = [{"y": 1, "a": "日本", "b": "é", "c": "plain", "n": 3}] * 2 + [{"y": 0, "a": "ascii", "b": "ü"}]
+    enc = FeatureEncoder(SPEC, min_count=1).fit(rows)
+    x = enc.transform([{"a": "日本", "b": "é"}])
+    assert x.indices[2] >= 2 * SPEC.n_fields and x.indices[3] >= 2 * SPEC.n_fields
+    _joined_rows_equal(enc, {"c": "plain", "b": "ü"}, [{"a": "日本", "b": "é"}, {"a": "ascii"}, {"a": "ß"}])

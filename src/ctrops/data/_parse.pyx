@@ -16,7 +16,10 @@ cimport cython
 from cpython.dict cimport PyDict_GetItem, PyDict_Next
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.object cimport PyObject
-from cpython.unicode cimport PyUnicode_AsUTF8AndSize
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_DATA, PyUnicode_GET_LENGTH
+
+cdef extern from "Python.h":
+    bint PyUnicode_IS_COMPACT_ASCII(object o)
 from cpython.long cimport PyLong_AsLongLongAndOverflow
 from libc.math cimport log, floor, isfinite, isnan
 from libc.stdint cimport uint8_t, int32_t, int64_t, uint32_t, uint64_t
@@ -705,18 +708,30 @@ def lookup_keys(const uint64_t[::1] table_keys, const int32_t[::1] table_values,
 
 
 def encode_keys(const uint64_t[:, ::1] keys, const float[:, ::1] values, const uint64_t[::1] table_keys,
-                const int32_t[::1] table_values, unsigned long long hash_space, int n_threads=1):
+                const int32_t[::1] table_values, unsigned long long hash_space, int n_threads=1,
+                int32_t[::1] out_indices=None, float[::1] out_values=None):
     """Feature indices and values of a key matrix: one entry per (row, field), row-major.
 
     missing (key 0) -> 2f with value 1; key in the table -> its value; key not
     in the table -> 2f+1 (rare); an empty table (hash indexing without rare
     routing) -> 2*n_fields + key % hash_space. `values` None means all 1.
+    Writes into out_indices / out_values (n*n_fields each) when given.
     """
-    cdef Py_ssize_t n = keys.shape[0], nf = keys.shape[1], r, f, cap = table_keys.shape[0]
-    idx_a = np.empty(n * nf, dtype=np.int32)
-    val_a = np.ones(n * nf, dtype=np.float32)
-    cdef int32_t[::1] idx = idx_a
-    cdef float[::1] val = val_a
+    cdef Py_ssize_t n = keys.shape[0], nf = keys.shape[1], r, f, cap = table_keys.shape[0], e
+    if out_indices is None:
+        idx_a = np.empty(n * nf, dtype=np.int32)
+        out_indices = idx_a
+    else:
+        idx_a = out_indices
+    if out_values is None:
+        val_a = np.empty(n * nf, dtype=np.float32)
+        out_values = val_a
+    else:
+        val_a = out_values
+    if out_indices.shape[0] != n * nf or out_values.shape[0] != n * nf:
+        raise ValueError(f"output arrays must hold {n * nf} entries")
+    cdef int32_t[::1] idx = out_indices
+    cdef float[::1] val = out_values
     cdef bint has_values = values is not None
     cdef const uint64_t* tk = &table_keys[0] if cap > 0 else NULL
     cdef const int32_t* tv = &table_values[0] if cap > 0 else NULL
@@ -727,17 +742,19 @@ def encode_keys(const uint64_t[:, ::1] keys, const float[:, ::1] values, const u
         raise ValueError("hash_space must be positive when there is no table")
     for r in prange(n, nogil=True, num_threads=max(1, n_threads), schedule="static"):
         for f in range(nf):
+            e = r * nf + f
             k = keys[r, f]
+            val[e] = 1.0
             if k == 0:
-                idx[r * nf + f] = <int32_t>(2 * f)
+                idx[e] = <int32_t>(2 * f)
                 continue
             if cap > 0:
                 j = table_find(tk, tv, mask, k)
-                idx[r * nf + f] = j if j >= 0 else <int32_t>(2 * f + 1)
+                idx[e] = j if j >= 0 else <int32_t>(2 * f + 1)
             else:
-                idx[r * nf + f] = <int32_t>(base + <int64_t>(k % hash_space))
+                idx[e] = <int32_t>(base + <int64_t>(k % hash_space))
             if has_values:
-                val[r * nf + f] = values[r, f]
+                val[e] = values[r, f]
     return idx_a, val_a
 
 
@@ -893,7 +910,12 @@ cdef class RequestEncoder:
             return 0
         if kind == 0:
             if type(v) is str:
-                buf = PyUnicode_AsUTF8AndSize(v, &n)
+                if PyUnicode_IS_COMPACT_ASCII(v):
+                    # ASCII str keeps its bytes inline: no conversion, no call
+                    buf = <const char*>PyUnicode_DATA(v)
+                    n = PyUnicode_GET_LENGTH(v)
+                else:
+                    buf = PyUnicode_AsUTF8AndSize(v, &n)
                 if n == 0 or (self.has_missing and v in self.missing):
                     idx[0] = 2 * f
                     val[0] = 1.0

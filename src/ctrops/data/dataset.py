@@ -160,7 +160,7 @@ def load_dataset(path: str | os.PathLike, format: str, spec: FieldSpec | None = 
             if counter is not None:
                 encoder.fit_from_counter(counter)
                 fitted_here = True
-            X = _transform_chunks(encoder, chunks, n_threads)
+            X = encoder.transform_chunks(chunks, n_threads, consume=True)
     finally:
         rlog.close()
     message = None
@@ -175,20 +175,6 @@ def load_dataset(path: str | os.PathLike, format: str, spec: FieldSpec | None = 
     if entry is not None:
         _save_entry(entry, X, encoder if fitted_here else None, report)
     return X, report
-
-
-def _transform_chunks(encoder: FeatureEncoder, chunks: list[KeyedChunk], n_threads: int) -> FieldMatrix:
-    """Transform chunk by chunk, dropping each key matrix once encoded (keeps peak memory down)."""
-    parts_idx, parts_val, labels, weights = [], [], [], []
-    any_weights = any(c.weights is not None for c in chunks)
-    while chunks:
-        chunk = chunks.pop(0)
-        idx, val = encoder.transform_chunk(chunk, n_threads)
-        parts_idx.append(idx)
-        parts_val.append(val)
-        labels.append(chunk.labels)
-        weights.append(chunk.weights)
-    return encoder._assemble(parts_idx, parts_val, labels, weights if any_weights else None)
 
 
 def _load_entry(entry: Path, encoder: FeatureEncoder | None) -> tuple[FieldMatrix, dict[str, Any]] | None:

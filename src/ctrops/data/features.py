@@ -232,46 +232,62 @@ class FeatureEncoder:
                             f"{self.spec.n_fields} fields (was it read with another spec?)")
 
     # -- transform -------------------------------------------------------------------
-    def transform_chunk(self, chunk: KeyedChunk, n_threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
-        """(indices int32 [n*n_fields], values float32 [n*n_fields]) of one keyed chunk, row-major."""
+    def transform_chunk(self, chunk: KeyedChunk, n_threads: int = 1, out_indices: np.ndarray | None = None,
+                        out_values: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(indices int32 [n*n_fields], values float32 [n*n_fields]) of one keyed chunk, row-major.
+
+        With `out_indices` / `out_values` (views into a larger matrix) the
+        entries are written in place, which spares a concatenation.
+        """
         self._check_fitted()
         self._check_chunk(chunk)
         keys = np.ascontiguousarray(chunk.keys, dtype=np.uint64)
         values = None if chunk.values is None else np.ascontiguousarray(chunk.values, dtype=np.float32)
         return _parse.encode_keys(keys, values, self.table_keys_, self.table_values_,
-                                  int(self.hash_space) if self.indexing == "hash" else 0, n_threads)
+                                  int(self.hash_space) if self.indexing == "hash" else 0, n_threads,
+                                  out_indices, out_values)
+
+    def transform_chunks(self, chunks: list[KeyedChunk], n_threads: int = 1, *,
+                         consume: bool = False) -> FieldMatrix:
+        """FieldMatrix of in-memory chunks, encoded straight into the final arrays.
+
+        `consume=True` empties the list as it goes, so each key matrix is
+        freed once encoded (peak memory: the keys plus the matrix, not twice).
+        """
+        self._check_fitted()
+        nf = self.spec.n_fields
+        n = sum(c.n_rows for c in chunks)
+        indices = np.empty(n * nf, np.int32)
+        values = np.empty(n * nf, np.float32)
+        labels = np.empty(n, np.float32)
+        any_weights = any(c.weights is not None for c in chunks)
+        weights = np.ones(n, np.float32) if any_weights else None
+        todo = chunks if consume else list(chunks)
+        todo.reverse()
+        at = 0
+        while todo:
+            chunk = todo.pop()
+            m = chunk.n_rows
+            self.transform_chunk(chunk, n_threads, indices[at * nf:(at + m) * nf], values[at * nf:(at + m) * nf])
+            labels[at:at + m] = chunk.labels
+            if weights is not None and chunk.weights is not None:
+                weights[at:at + m] = chunk.weights
+            at += m
+            del chunk
+        if consume:
+            chunks.clear()
+        return FieldMatrix.from_arrays(
+            indptr=np.arange(0, n * nf + 1, nf, dtype=np.int64) if nf else np.zeros(n + 1, np.int64),
+            fields=np.tile(np.arange(nf, dtype=np.int32), n), indices=indices, values=values, labels=labels,
+            n_fields=nf, n_features=self.n_features_, weights=weights)
 
     def transform(self, data: Any, n_threads: int = 1) -> FieldMatrix:
         """FieldMatrix of `data` (see `keyed`): one entry per field per row."""
         self._check_fitted()
-        parts_idx, parts_val, labels, weights, any_weights = [], [], [], [], False
-        for chunk in self.keyed(data):
-            idx, val = self.transform_chunk(chunk, n_threads)
-            parts_idx.append(idx)
-            parts_val.append(val)
-            labels.append(chunk.labels)
-            weights.append(chunk.weights)
-            any_weights |= chunk.weights is not None
-        return self._assemble(parts_idx, parts_val, labels, weights if any_weights else None)
-
-    def _assemble(self, parts_idx: list[np.ndarray], parts_val: list[np.ndarray], labels: list[np.ndarray],
-                  weights: list[np.ndarray | None] | None) -> FieldMatrix:
-        nf = self.spec.n_fields
-        y = np.concatenate(labels) if labels else np.zeros(0, np.float32)
-        n = len(y)
-        if not parts_idx:
-            indices, values = np.zeros(0, np.int32), np.zeros(0, np.float32)
-        else:
-            indices = np.concatenate(parts_idx) if len(parts_idx) != 1 else parts_idx[0]
-            values = np.concatenate(parts_val) if len(parts_val) != 1 else parts_val[0]
-        w = None
-        if weights is not None:
-            w = np.concatenate([wi if wi is not None else np.ones(len(li), np.float32)
-                                for wi, li in zip(weights, labels)])
-        return FieldMatrix.from_arrays(
-            indptr=np.arange(0, n * nf + 1, nf, dtype=np.int64) if nf else np.zeros(n + 1, np.int64),
-            fields=np.tile(np.arange(nf, dtype=np.int32), n), indices=indices, values=values, labels=y,
-            n_fields=nf, n_features=self.n_features_, weights=w)
+        chunks = list(self.keyed(data))
+        for chunk in chunks:
+            self._check_chunk(chunk)
+        return self.transform_chunks(chunks, n_threads, consume=True)
 
     def fit_transform(self, data: Any, n_threads: int = 1) -> FieldMatrix:
         chunks = list(self.keyed(data))
