@@ -274,3 +274,18 @@ def test_encode_request_non_ascii_values():
     x = enc.transform([{"a": "日本", "b": "é"}])
     assert x.indices[2] >= 2 * SPEC.n_fields and x.indices[3] >= 2 * SPEC.n_fields
     _joined_rows_equal(enc, {"c": "plain", "b": "ü"}, [{"a": "日本", "b": "é"}, {"a": "ascii"}, {"a": "ß"}])
+
+
+def test_arrow_table_input_with_empty_strings():
+    pa = pytest.importorskip("pyarrow")
+    table = pa.table({"y": ["1", "0"], "n": ["", "4"], "r": ["2.5", ""], "a": ["x", ""], "b": ["", "b1"],
+                      "c": ["null", "once"]})
+    enc = FeatureEncoder(SPEC, min_count=1).fit(table)
+    want = enc.transform([{"y": 1, "r": 2.5, "a": "x"}, {"y": 0, "n": 4, "b": "b1", "c": "once"}])
+    got = enc.transform(table)
+    np.testing.assert_array_equal(got.indices, want.indices)
+    np.testing.assert_array_equal(got.values, want.values)
+    np.testing.assert_array_equal(got.labels, [1, 0])
+    with pytest.raises(DataError, match="row 2"):
+        enc.transform(pa.table({"y": ["1", "x"], "n": ["1", "1"], "r": ["1", "1"], "a": ["x", "x"],
+                                "b": ["b", "b"], "c": ["c", "c"]}))

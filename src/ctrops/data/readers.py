@@ -345,6 +345,8 @@ def _as_float(col: Any, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
                           dtype=np.float64)
     else:
         text = pc.cast(col, pa.string()) if not pa.types.is_string(col.type) else col
+        text = pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)  # "" is missing
+        present = np.asarray(text.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
         try:
             vals = np.asarray(pc.cast(text, pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False),
                               dtype=np.float64)
