@@ -599,7 +599,9 @@ def iter_parquet_batches(path: str | os.PathLike, spec: FieldSpec, *, rejects: R
         good += vb.n_rows
         rejects.check(good + rejects.count)
         if progress is not None:
-            progress(base, pf.metadata.num_rows, good)
+            total_rows = max(1, pf.metadata.num_rows)
+            size = None if "://" in str(path) else os.path.getsize(path)
+            progress(int((size or total_rows) * base / total_rows), size, good)
         if vb.n_rows:
             yield vb
     rejects.check(good + rejects.count, final=True)
