@@ -190,3 +190,34 @@ def test_render_response_is_the_documented_json():
         {"id": "caf\u00e9", "score": 0.123456789, "rank": 2, "tracking_id": "p" * 28 + "0001"},
         {"id": 'a"b', "score": 0.25, "rank": 3, "tracking_id": "p" * 28 + "0000"},
         {"id": 3, "score": 0.0, "rank": 4, "tracking_id": "p" * 28 + "0002"}]}
+
+
+@pytest.mark.parametrize("body", [
+    request_body(3),
+    {"context": {"a": 1, "b": 2.5, "c": None}, "candidates": [{"id": 7, "fields": {"x": "y"}},
+                                                              {"id": "8", "fields": {}}], "user_id": 42,
+     "top_k": 1, "passthrough": {"flag": True, "price": 0.5}},
+])
+def test_fast_parser_equals_hand_validation(body):
+    from ctrops.serve.schema import Limits, parse_json, request_parser, validate_predict
+
+    raw = json.dumps(body).encode()
+    assert request_parser(Limits())(raw) == validate_predict(parse_json(raw), Limits())
+
+
+@pytest.mark.parametrize("body", [
+    b'{"context": {}, "candidates": [{"id": 1, "fields": {}}, {"id": 1, "fields": {}}]}',
+    b'{"context": {"a": true}, "candidates": [{"id": 1, "fields": {}}]}',
+    b'{"context": {}, "candidates": [{"id": 1.5, "fields": {}}]}',
+    b'{"context": {}, "candidates": [{"id": "", "fields": {}}]}',
+    b'{"context": {}, "candidates": [{"id": "a", "fields": {}, "passthrough": {"p": [1]}}]}',
+    b'{"context": {}, "candidates": [{"id": "a", "fields": {}}], "top_k": -1}',
+])
+def test_fast_parser_rejects_like_hand_validation(body):
+    from ctrops.serve.schema import Limits, RequestError, parse_json, request_parser, validate_predict
+
+    with pytest.raises(RequestError) as fast:
+        request_parser(Limits())(body)
+    with pytest.raises(RequestError) as hand:
+        validate_predict(parse_json(body), Limits())
+    assert (fast.value.status, fast.value.message) == (hand.value.status, hand.value.message)

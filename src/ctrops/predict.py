@@ -98,7 +98,10 @@ class Predictor:
              "linear": float(linear[j]) if linear is not None else 0.0}
             for f, j, x in zip(fields.tolist(), indices.tolist(), values.tolist())]
         if self._contributions is not None:
-            contrib = self._contributions(self.params, fields, indices, values)
+            try:
+                contrib = self._contributions(self.params, fields, indices, values, top_pairs=20)
+            except TypeError:  # a scorer without top_pairs
+                contrib = self._contributions(self.params, fields, indices, values)
             out["contributions"] = _plain(contrib)
         return out
 

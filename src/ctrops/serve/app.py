@@ -27,7 +27,7 @@ from ctrops.serve.config import ServingConfig
 from ctrops.serve.loader import ModelStore, ServingLoader
 from ctrops.serve.logging_sink import PredictionLog, RequestLog
 from ctrops.serve.metrics import ServerMetrics
-from ctrops.serve.schema import RequestError, openapi_document, parse_json, validate_predict
+from ctrops.serve.schema import RequestError, openapi_document, request_parser
 from ctrops.serve.tracking import SUFFIXES, TrackingIds
 
 log = logging.getLogger("ctrops.serve.app")
@@ -89,6 +89,7 @@ class PredictionService:
         self.metrics = metrics
         self.log = prediction_log
         self.limits = config.limits
+        self.parse = request_parser(config.limits)
         self.ids = TrackingIds()
         self.rng = np.random.default_rng()
         self.debug_every = config.log.debug_every if config.log is not None else 0
@@ -115,7 +116,7 @@ class PredictionService:
         if len(body) > self.limits.max_body_bytes:
             raise RequestError(413, "body_too_large", f"the body is {len(body)} bytes; the limit is "
                                                       f"{self.limits.max_body_bytes}")
-        req = validate_predict(parse_json(body), self.limits)
+        req = self.parse(body)
         state = self.loader.state
         if state is None:
             raise RequestError(503, "not_ready", self.loader.startup_error or "no model loaded yet")
