@@ -426,18 +426,21 @@ def validate_batch(batch: Any, spec: FieldSpec, rejects: RejectLog, line_of: Cal
         for r, line in zip(rows.tolist(), lines.tolist()):
             rejects.add(int(line), reason[r], raw_line(r))
     good = ~bad
-    keep = np.flatnonzero(good)
+    extra_names = [c for c in (*spec.id_columns, *spec.passthrough) if c in batch.schema.names]
+    if not bad.any():  # the common case: nothing to filter, no copies
+        return ValidBatch(n_rows=n, labels=label.astype(np.float32),
+                          weights=None if weights is None else weights.astype(np.float32),
+                          numbers=numbers, strings=strings, extra={c: batch.column(c) for c in extra_names})
     import pyarrow as pa
 
-    take = pa.array(keep, type=pa.int64())
+    take = pa.array(np.flatnonzero(good), type=pa.int64())
     return ValidBatch(
         n_rows=int(good.sum()),
         labels=label[good].astype(np.float32),
         weights=None if weights is None else weights[good].astype(np.float32),
         numbers={k: (v[good], p[good]) for k, (v, p) in numbers.items()},
         strings={k: (a.take(take), p[good]) for k, (a, p) in strings.items()},
-        extra={c: batch.column(c).take(take) for c in (*spec.id_columns, *spec.passthrough)
-               if c in batch.schema.names},
+        extra={c: batch.column(c).take(take) for c in extra_names},
     )
 
 
