@@ -184,3 +184,14 @@ def test_real_ipinyou_null_is_missing(tmp_path):
     assert rep.rows_read == 26773 and rep.rows_rejected == 0 and X.n_fields == 16
     adx = spec.field_index("adexchange")
     assert (X.indices[adx::16] == 2 * adx).any()   # "null" ad exchange -> missing index
+
+
+def test_libffm_declared_sizes_line_up_with_a_model(tmp_path):
+    path = tmp_path / "v.ffm"
+    path.write_text("1 0:5:1\n")
+    X, _ = load_dataset(path, "libffm", n_fields=3, n_features=50, cache_dir=tmp_path / "c")
+    assert (X.n_fields, X.n_features) == (3, 50)
+    X2, rep = load_dataset(path, "libffm", cache_dir=tmp_path / "c")
+    assert not rep.cache_hit and X2.n_features == 6
+    with pytest.raises(DataError, match="out of range"):
+        load_dataset(path, "libffm", n_features=5)

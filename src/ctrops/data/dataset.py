@@ -94,7 +94,8 @@ def load_dataset(path: str | os.PathLike, format: str, spec: FieldSpec | None = 
                  encoder: FeatureEncoder | None = None, cache_dir: str | os.PathLike | None = None,
                  rejects: str | os.PathLike | Literal[False] | None = None, progress: Progress | None = None, *,
                  max_reject_fraction: float = DEFAULT_MAX_REJECT_FRACTION,
-                 n_threads: int | None = None) -> tuple[FieldMatrix, ReadReport]:
+                 n_threads: int | None = None, n_fields: int | None = None,
+                 n_features: int | None = None) -> tuple[FieldMatrix, ReadReport]:
     """Read, encode and (optionally) cache a log file.
 
     format   "criteo", "csv", "parquet" (encoded with `encoder`) or "libffm"
@@ -106,6 +107,8 @@ def load_dataset(path: str | os.PathLike, format: str, spec: FieldSpec | None = 
              `default_reject_path`), or in the cache folder when caching;
              False = count only, write no file.
     n_threads  native threads for parsing and encoding (default: the CPU count, at most 4).
+    n_fields, n_features  LIBFFM only: the model's sizes, so a validation file
+             lines up with its training file (an entry beyond them is a DataError).
     """
     t0 = time.perf_counter()
     if n_threads is None:
@@ -124,6 +127,8 @@ def load_dataset(path: str | os.PathLike, format: str, spec: FieldSpec | None = 
         if encoder is None:
             encoder = FeatureEncoder(spec)
     identity = _file_identity(path) if cache_dir is not None else None
+    if identity is not None and format == "libffm":
+        identity = {**identity, "n_fields": n_fields, "n_features": n_features}
     entry: Path | None = None
     if identity is not None and cache_dir is not None:
         entry = Path(cache_dir) / _cache_key(identity, format, encoder)
@@ -147,7 +152,7 @@ def load_dataset(path: str | os.PathLike, format: str, spec: FieldSpec | None = 
     fitted_here = False
     try:
         if format == "libffm":
-            X = read_libffm(path, rejects=rlog, progress=progress)
+            X = read_libffm(path, rejects=rlog, progress=progress, n_fields=n_fields, n_features=n_features)
         else:
             assert encoder is not None and spec is not None
             chunks: list[KeyedChunk] = []
