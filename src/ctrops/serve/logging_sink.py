@@ -291,10 +291,8 @@ class PredictionLog:
         flat_pos = pa.array(order_all + np.repeat(starts, counts))
         flat_ids = _ids_as_text(list(chain.from_iterable(e.candidate_ids for e in batch)))
         flat_cp = list(chain.from_iterable(e.candidate_passthrough for e in batch))
-        if any(p is not None for p in flat_cp):
-            cp = pa.array(encode_objects(flat_cp), type=pa.string()).take(flat_pos)
-        else:
-            cp = pa.nulls(total, pa.string())
+        cp = objects_array(flat_cp).take(flat_pos)
+        rp = objects_array([e.passthrough for e in batch]).take(take)
         prefixes = per_request([e.tracking_prefix for e in batch], pa.string())
         suffixes = _SUFFIX_ARROW().take(pa.array(order_all))
         columns = {
@@ -306,16 +304,20 @@ class PredictionLog:
             "arm": per_request([e.arm for e in batch], pa.string()),
             "model_name": per_request([e.model_name for e in batch], pa.string()),
             "model_version": per_request([e.model_version for e in batch], pa.int64()),
-            "passthrough": per_request([_json_or_none(e.passthrough) for e in batch], pa.string()),
+            "passthrough": rp,
             "tracking_id": pc.binary_join_element_wise(prefixes, suffixes, ""),
             "candidate_id": pa.array(flat_ids, type=pa.string()).take(flat_pos),
             "score": pa.array(np.concatenate([e.scores[e.order] for e in batch]).astype(np.float64)),
             "rank": pa.array(np.concatenate([_RANKS[:c] for c in counts.tolist()])),
             "candidate_passthrough": cp,
         }
-        table = pa.table(columns, schema=parquet_schema())
+        table = pa.table(columns, schema=parquet_schema(rp.type, cp.type))
+        if self._parquet is not None and not self._parquet.schema.equals(table.schema):
+            self._close_files()  # passthrough keys or types changed: a new file with the new schema
+            self._open()
         if self._parquet is None:
-            self._parquet = pq.ParquetWriter(self._file, table.schema, compression="zstd", compression_level=1)
+            self._parquet = pq.ParquetWriter(self._file, table.schema, compression="zstd", compression_level=1,
+                                            use_dictionary=_DICTIONARY_COLUMNS)
         self._parquet.write_table(table)
         return total
 
@@ -327,6 +329,8 @@ class PredictionLog:
         self._debug_file.flush()
 
 
+# low-cardinality columns only: dictionary-encoding unique ids costs CPU and saves nothing
+_DICTIONARY_COLUMNS = ["schema", "experiment", "arm", "model_name", "model_version", "request_id", "unit_id"]
 _RANKS = np.arange(1, MAX_CANDIDATES + 1, dtype=np.int32)
 _json_str = json.encoder.encode_basestring_ascii
 _c_encoder = json.encoder.c_make_encoder
@@ -406,14 +410,33 @@ def _SUFFIX_ARROW():
     return _suffix_arrow
 
 
-def parquet_schema():
+def objects_array(objs: list[dict | None]):
+    """Arrow column of flat passthrough objects: a struct typed from the values when Arrow can infer
+    one (all C-level), else their JSON text; all-null or key-less objects give a null column."""
     import pyarrow as pa
+
+    try:
+        arr = pa.array(objs)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError):
+        return pa.array(encode_objects(objs), type=pa.string())
+    if pa.types.is_struct(arr.type) and arr.type.num_fields == 0:
+        return pa.nulls(len(objs))
+    if not (pa.types.is_struct(arr.type) or pa.types.is_null(arr.type)):
+        return pa.array(encode_objects(objs), type=pa.string())
+    return arr
+
+
+def parquet_schema(passthrough_type=None, candidate_passthrough_type=None):
+    """Schema of a Parquet log file; the two passthrough columns take the type of their values."""
+    import pyarrow as pa
+    passthrough_type = passthrough_type or pa.string()
+    candidate_passthrough_type = candidate_passthrough_type or pa.string()
     return pa.schema([
         ("schema", pa.int16()), ("ts_ms", pa.int64()), ("request_id", pa.string()),
         ("unit_id", pa.string()), ("experiment", pa.string()), ("arm", pa.string()),
-        ("model_name", pa.string()), ("model_version", pa.int64()), ("passthrough", pa.string()),
+        ("model_name", pa.string()), ("model_version", pa.int64()), ("passthrough", passthrough_type),
         ("tracking_id", pa.string()), ("candidate_id", pa.string()), ("score", pa.float64()),
-        ("rank", pa.int32()), ("candidate_passthrough", pa.string()),
+        ("rank", pa.int32()), ("candidate_passthrough", candidate_passthrough_type),
     ])
 
 
