@@ -46,3 +46,21 @@ def test_admin_token_environment_wins(monkeypatch, tmp_path):
     assert cfg.server.resolved_admin_token() == "file"
     monkeypatch.setenv("CTROPS_T", "env")
     assert cfg.server.resolved_admin_token() == "env"
+
+
+def test_cli_check_loads_models_and_reports(tmp_path):
+    from typer.testing import CliRunner
+
+    from ctrops.artifact.manifest import publish_model
+    from ctrops.cli_serve import app
+    from serve_support import make_model, save
+
+    save(tmp_path / "m.ctm", make_model(1))
+    publish_model(str(tmp_path / "store"), "ctr", tmp_path / "m.ctm", version=3, aliases=("production",))
+    (tmp_path / "serving.yaml").write_text("model: {storage: store, name: ctr, cache_dir: cache}\n")
+    result = CliRunner().invoke(app, ["--config", str(tmp_path / "serving.yaml"), "--check"])
+    assert result.exit_code == 0, result.output
+    assert "success" in result.output and "production=3" in result.output
+    (tmp_path / "bad.yaml").write_text("model: {storage: store, name: nosuch, cache_dir: cache}\n")
+    result = CliRunner().invoke(app, ["--config", str(tmp_path / "bad.yaml"), "--check"])
+    assert result.exit_code == 1 and "nosuch" in result.output
