@@ -289,3 +289,23 @@ def test_arrow_table_input_with_empty_strings():
     with pytest.raises(DataError, match="row 2"):
         enc.transform(pa.table({"y": ["1", "x"], "n": ["1", "1"], "r": ["1", "1"], "a": ["x", "x"],
                                 "b": ["b", "b"], "c": ["c", "c"]}))
+
+
+def test_encode_request_reentry_keeps_results_apart():
+    enc = FeatureEncoder(SPEC, min_count=1).fit(rows_for_fit())
+    inner_results = []
+
+    class Token:
+        """A value whose str() runs another request on the same encoder (as a thread switch could)."""
+
+        def __str__(self) -> str:
+            inner_results.append(enc.encode_request({"a": "y", "b": "b2"}, [{"c": "once"}] * 3))
+            return "x"
+
+    out = enc.encode_request({"n": 2, "b": "b1"}, [{"a": Token()}, {"a": "y"}])
+    want = enc.encode_request({"n": 2, "b": "b1"}, [{"a": "x"}, {"a": "y"}])
+    for got, exp in zip(out, want):
+        np.testing.assert_array_equal(got, exp)
+    again = enc.encode_request({"a": "y", "b": "b2"}, [{"c": "once"}] * 3)
+    for got, exp in zip(inner_results[0], again):
+        np.testing.assert_array_equal(got, exp)

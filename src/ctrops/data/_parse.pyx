@@ -804,11 +804,18 @@ cdef class RequestEncoder:
     cdef PyObject* name_ptr[NAME_CACHE]
     cdef int name_field[NAME_CACHE]
     cdef list name_refs
+    # scratch buffers are per object: a call that re-enters (another thread
+    # running while this one is in Python code, e.g. str() of an odd value)
+    # works on a private copy instead
+    cdef bint busy
+    cdef tuple init_args
 
     def __cinit__(self, list names, kinds, raw_keys, table_keys, table_values,
                   unsigned long long seed, unsigned long long hash_space, missing_values=()):
         cdef Py_ssize_t f
         self.names = names
+        self.init_args = (names, kinds, raw_keys, table_keys, table_values, seed, hash_space, missing_values)
+        self.busy = False
         self.n_fields = len(names)
         self.field_of = {name: f for f, name in enumerate(names)}
         self.kinds = np.ascontiguousarray(kinds, dtype=np.int32)
@@ -982,6 +989,15 @@ cdef class RequestEncoder:
 
     def encode(self, context, candidates):
         """(ctx_fields, ctx_indices, ctx_values, cand_indptr, cand_fields, cand_indices, cand_values)."""
+        if self.busy:
+            return RequestEncoder(*self.init_args)._encode_all(context, candidates)
+        self.busy = True
+        try:
+            return self._encode_all(context, candidates)
+        finally:
+            self.busy = False
+
+    cdef tuple _encode_all(self, context, candidates):
         cdef int nf = self.n_fields, f
         cdef Py_ssize_t pos, n_c, c, ne = 0, e, n_ctx = 0, in_count = 0, total, w, own
         cdef PyObject* pk
