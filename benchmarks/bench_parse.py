@@ -24,7 +24,6 @@ Generated data comes from /work/shared/bench/gen_criteo_like.py when present
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import shutil
 import statistics

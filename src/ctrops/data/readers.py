@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import csv
 import gzip
-import io
 import logging
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
