@@ -23,6 +23,7 @@ and non-x86 machines take a scalar path with the same arithmetic order.
 
 from libc.math cimport exp, log1p, sqrt, fabs
 from libc.stdint cimport int32_t, int64_t
+from libc.stdlib cimport malloc, free
 from cython.parallel cimport prange
 cimport numpy as cnp
 import numpy as np
@@ -79,12 +80,80 @@ cdef extern from *:
     #endif
     }
 
+    #if CTR_SSE
+    /* one k=4 pair term: <wa[f_b], W[j_b, f_a]> x_a x_b */
+    #define CTR_PAIR4(fb, jb, xb) _mm_mul_ps(_mm_set1_ps(xa * (xb)), \
+            _mm_mul_ps(_mm_loadu_ps(wa + (Py_ssize_t)(fb) * sf), _mm_loadu_ps(W + (Py_ssize_t)(jb) * sj + fa)))
+
+    /* k = 4: four accumulators, so consecutive pairs do not wait on one add chain */
+    static inline float ctr_ffm_cross4(const int32_t* fA, const int32_t* jA, const float* xA, Py_ssize_t nA,
+                                       const int32_t* fB, const int32_t* jB, const float* xB, Py_ssize_t nB,
+                                       const float* W, Py_ssize_t sj, Py_ssize_t sf, int skip_lower) {
+        __m128 acc0 = _mm_setzero_ps(), acc1 = _mm_setzero_ps(), acc2 = _mm_setzero_ps(), acc3 = _mm_setzero_ps();
+        for (Py_ssize_t a = 0; a < nA; a++) {
+            const float* wa = W + (Py_ssize_t)jA[a] * sj;
+            const Py_ssize_t fa = (Py_ssize_t)fA[a] * sf;
+            const float xa = xA[a];
+            Py_ssize_t b = skip_lower ? a + 1 : 0;
+            for (; b + 3 < nB; b += 4) {
+                acc0 = _mm_add_ps(acc0, CTR_PAIR4(fB[b], jB[b], xB[b]));
+                acc1 = _mm_add_ps(acc1, CTR_PAIR4(fB[b + 1], jB[b + 1], xB[b + 1]));
+                acc2 = _mm_add_ps(acc2, CTR_PAIR4(fB[b + 2], jB[b + 2], xB[b + 2]));
+                acc3 = _mm_add_ps(acc3, CTR_PAIR4(fB[b + 3], jB[b + 3], xB[b + 3]));
+            }
+            for (; b < nB; b++) acc0 = _mm_add_ps(acc0, CTR_PAIR4(fB[b], jB[b], xB[b]));
+        }
+        return ctr_hsum(_mm_add_ps(_mm_add_ps(acc0, acc1), _mm_add_ps(acc2, acc3)));
+    }
+    #endif
+
+    /* Request path, k = 4: the context vectors each candidate field meets, W[j_b, field] x_b,
+       packed side by side so every candidate entry runs one contiguous dot-product sweep. */
+    static inline void ctr_ffm_pack4(const int32_t* jB, const float* xB, Py_ssize_t nB,
+                                     const float* W, Py_ssize_t sj, Py_ssize_t sf, Py_ssize_t field, float* out) {
+        for (Py_ssize_t b = 0; b < nB; b++) {
+            const float* w = W + (Py_ssize_t)jB[b] * sj + field * sf;
+            for (int d = 0; d < 4; d++) out[4 * b + d] = w[d] * xB[b];
+        }
+    }
+
+    /* sum over candidate entries a and context entries b of <W[j_a, f_b], pack[f_a][b]> x_a,
+       where foff[b] = f_b * sf and pack[f] is [nB, 4] */
+    static inline float ctr_ffm_cross4_packed(const int32_t* fA, const int32_t* jA, const float* xA, Py_ssize_t nA,
+                                              const Py_ssize_t* foff, const float* pack, Py_ssize_t nB,
+                                              const float* W, Py_ssize_t sj) {
+        float total = 0.0f;
+        for (Py_ssize_t a = 0; a < nA; a++) {
+            const float* wa = W + (Py_ssize_t)jA[a] * sj;
+            const float* C = pack + (Py_ssize_t)fA[a] * nB * 4;
+            Py_ssize_t b = 0;
+    #if CTR_SSE
+            __m128 acc0 = _mm_setzero_ps(), acc1 = _mm_setzero_ps(), acc2 = _mm_setzero_ps(), acc3 = _mm_setzero_ps();
+            for (; b + 3 < nB; b += 4) {
+                acc0 = _mm_add_ps(acc0, _mm_mul_ps(_mm_loadu_ps(wa + foff[b]), _mm_loadu_ps(C + 4 * b)));
+                acc1 = _mm_add_ps(acc1, _mm_mul_ps(_mm_loadu_ps(wa + foff[b + 1]), _mm_loadu_ps(C + 4 * b + 4)));
+                acc2 = _mm_add_ps(acc2, _mm_mul_ps(_mm_loadu_ps(wa + foff[b + 2]), _mm_loadu_ps(C + 4 * b + 8)));
+                acc3 = _mm_add_ps(acc3, _mm_mul_ps(_mm_loadu_ps(wa + foff[b + 3]), _mm_loadu_ps(C + 4 * b + 12)));
+            }
+            for (; b < nB; b++) acc0 = _mm_add_ps(acc0, _mm_mul_ps(_mm_loadu_ps(wa + foff[b]), _mm_loadu_ps(C + 4 * b)));
+            total += xA[a] * ctr_hsum(_mm_add_ps(_mm_add_ps(acc0, acc1), _mm_add_ps(acc2, acc3)));
+    #else
+            float acc = 0.0f;
+            for (; b < nB; b++)
+                for (int d = 0; d < 4; d++) acc += wa[foff[b] + d] * C[4 * b + d];
+            total += xA[a] * acc;
+    #endif
+        }
+        return total;
+    }
+
     /* FFM: sum over a<b of <W[j_a, f_b], W[j_b, f_a]> x_a x_b */
     static inline float ctr_ffm_pairs(const int32_t* f, const int32_t* j, const float* x, Py_ssize_t n,
                                       const float* W, Py_ssize_t sj, Py_ssize_t sf, int k) {
         Py_ssize_t a, b;
         int d;
     #if CTR_SSE
+        if (k == 4) return ctr_ffm_cross4(f, j, x, n, f, j, x, n, W, sj, sf, 1);
         if ((k & 3) == 0) {
             __m128 acc = _mm_setzero_ps();
             for (a = 0; a < n; a++) {
@@ -124,6 +193,7 @@ cdef extern from *:
         Py_ssize_t a, b;
         int d;
     #if CTR_SSE
+        if (k == 4) return ctr_ffm_cross4(fA, jA, xA, nA, fB, jB, xB, nB, W, sj, sf, 0);
         if ((k & 3) == 0) {
             __m128 acc = _mm_setzero_ps();
             for (a = 0; a < nA; a++) {
@@ -299,6 +369,11 @@ cdef extern from *:
                        float* W, Py_ssize_t sj, int k,
                        float kr, float eta, float lam, float l1) noexcept nogil
     float ctr_shrink1(float w, float t) noexcept nogil
+    void ctr_ffm_pack4(const int32_t* jB, const float* xB, Py_ssize_t nB,
+                       const float* W, Py_ssize_t sj, Py_ssize_t sf, Py_ssize_t field, float* out) noexcept nogil
+    float ctr_ffm_cross4_packed(const int32_t* fA, const int32_t* jA, const float* xA, Py_ssize_t nA,
+                                const Py_ssize_t* foff, const float* pack, Py_ssize_t nB,
+                                const float* W, Py_ssize_t sj) noexcept nogil
 
 
 MAX_K = CTR_MAXK
@@ -621,12 +696,10 @@ def score_candidates(int model_code, object latent, Py_ssize_t sj, Py_ssize_t sf
     cdef double* o = <double*>cnp.PyArray_DATA(<cnp.ndarray>out)
     cdef const float* W = <const float*>cnp.PyArray_DATA(<cnp.ndarray>latent) if has_lat else NULL
     cdef const float* L = <const float*>cnp.PyArray_DATA(<cnp.ndarray>linear) if has_lin else NULL
-    cdef double ctx_lin = 0.0, ctx_ss = 0.0, ctx_pairs = 0.0, ctx_sq = 0.0
-    cdef double cand_ss, z, pairs, r, sq, tot
-    cdef double S_ctx[256]
-    cdef double S[256]
-    cdef Py_ssize_t a
-    cdef int d
+    cdef float* pack = NULL
+    cdef Py_ssize_t* foff = NULL
+    cdef char* packed = NULL
+    cdef bint use_pack
     if k > CTR_MAXK:
         return 1
     for c in range(n_cand):
@@ -634,49 +707,97 @@ def score_candidates(int model_code, object latent, Py_ssize_t sj, Py_ssize_t sf
             return 1
     if not _entries_ok(xf, xj, nc, n_fields, n_features) or not _entries_ok(cf, cj, nn, n_fields, n_features):
         return 2
-    with nogil:
+    use_pack = has_lat and model_code == 0 and k == 4 and sf == 4 and nc > 0
+    if use_pack:
+        pack = <float*>malloc(<size_t>n_fields * nc * 4 * sizeof(float))
+        foff = <Py_ssize_t*>malloc(<size_t>nc * sizeof(Py_ssize_t))
+        packed = <char*>malloc(<size_t>n_fields)
+        if pack == NULL or foff == NULL or packed == NULL:
+            free(pack)
+            free(foff)
+            free(packed)
+            raise MemoryError()
+    try:
+        with nogil:
+            _score_candidates_nogil(model_code, W, sj, sf, k, L, bias, normalize, xf, xj, xv, nc, cptr, cf, cj,
+                                    cv, n_cand, o, pack, foff, packed, n_fields)
+    finally:
+        if use_pack:
+            free(pack)
+            free(foff)
+            free(packed)
+    return 0
+
+
+cdef void _score_candidates_nogil(int model_code, const float* W, Py_ssize_t sj, Py_ssize_t sf, int k,
+                                  const float* L, double bias, bint normalize,
+                                  const int32_t* xf, const int32_t* xj, const float* xv, Py_ssize_t nc,
+                                  const int64_t* cptr, const int32_t* cf, const int32_t* cj, const float* cv,
+                                  Py_ssize_t n_cand, double* o, float* pack, Py_ssize_t* foff, char* packed,
+                                  int n_fields) noexcept nogil:
+    """Body of `score_candidates` once arrays are checked (pack != NULL: FFM k=4 packed path)."""
+    cdef bint has_lat = W != NULL and model_code != 2
+    cdef bint has_lin = L != NULL
+    cdef double ctx_lin = 0.0, ctx_ss = 0.0, ctx_pairs = 0.0, ctx_sq = 0.0
+    cdef double cand_ss, z, pairs, r, sq, tot
+    cdef double S_ctx[256]
+    cdef double S[256]
+    cdef Py_ssize_t a, c, lo, n, fa
+    cdef int d
+    if pack != NULL:
+        for a in range(n_fields):
+            packed[a] = 0
         for a in range(nc):
-            ctx_ss += <double>xv[a] * xv[a]
+            foff[a] = <Py_ssize_t>xf[a] * sf
+    for a in range(nc):
+        ctx_ss += <double>xv[a] * xv[a]
+    if has_lin:
+        ctx_lin = _linear_sum(xj, xv, nc, L, 1)
+    if has_lat:
+        if model_code == 0:
+            ctx_pairs = ctr_ffm_pairs(xf, xj, xv, nc, W, sj, sf, k)
+        else:
+            for d in range(k):
+                S_ctx[d] = 0.0
+            ctr_fm_sums(xj, xv, nc, W, sj, k, S_ctx, &ctx_sq)
+    if has_lat and model_code == 0:
+        for a in range(cptr[0], cptr[1] if n_cand > 0 else 0):
+            ctr_prefetch_feature(W, cj[a], sj)
+    for c in range(n_cand):
+        lo = cptr[c]
+        n = cptr[c + 1] - lo
+        if has_lat and model_code == 0 and c + 1 < n_cand:
+            for a in range(cptr[c + 1], cptr[c + 2]):
+                ctr_prefetch_feature(W, cj[a], sj)
+        z = bias + ctx_lin
         if has_lin:
-            ctx_lin = _linear_sum(xj, xv, nc, L, 1)
+            z = z + _linear_sum(&cj[lo], &cv[lo], n, L, 1)
         if has_lat:
-            if model_code == 0:
-                ctx_pairs = ctr_ffm_pairs(xf, xj, xv, nc, W, sj, sf, k)
+            cand_ss = 0.0
+            for a in range(n):
+                cand_ss = cand_ss + <double>cv[lo + a] * cv[lo + a]
+            r = 1.0
+            if normalize and ctx_ss + cand_ss > 0:
+                r = 1.0 / (ctx_ss + cand_ss)
+            if model_code == 0 and pack != NULL:
+                for a in range(lo, lo + n):
+                    fa = cf[a]
+                    if not packed[fa]:
+                        ctr_ffm_pack4(xj, xv, nc, W, sj, sf, fa, pack + fa * nc * 4)
+                        packed[fa] = 1
+                pairs = ctx_pairs + ctr_ffm_cross4_packed(&cf[lo], &cj[lo], &cv[lo], n, foff, pack, nc, W, sj) \
+                    + ctr_ffm_pairs(&cf[lo], &cj[lo], &cv[lo], n, W, sj, sf, k)
+            elif model_code == 0:
+                pairs = ctx_pairs + ctr_ffm_cross(&cf[lo], &cj[lo], &cv[lo], n, xf, xj, xv, nc, W, sj, sf, k) \
+                    + ctr_ffm_pairs(&cf[lo], &cj[lo], &cv[lo], n, W, sj, sf, k)
             else:
                 for d in range(k):
-                    S_ctx[d] = 0.0
-                ctr_fm_sums(xj, xv, nc, W, sj, k, S_ctx, &ctx_sq)
-        if has_lat and model_code == 0:
-            for a in range(cptr[0], cptr[1] if n_cand > 0 else 0):
-                ctr_prefetch_feature(W, cj[a], sj)
-        for c in range(n_cand):
-            lo = cptr[c]
-            n = cptr[c + 1] - lo
-            if has_lat and model_code == 0 and c + 1 < n_cand:
-                for a in range(cptr[c + 1], cptr[c + 2]):
-                    ctr_prefetch_feature(W, cj[a], sj)
-            z = bias + ctx_lin
-            if has_lin:
-                z = z + _linear_sum(&cj[lo], &cv[lo], n, L, 1)
-            if has_lat:
-                cand_ss = 0.0
-                for a in range(n):
-                    cand_ss = cand_ss + <double>cv[lo + a] * cv[lo + a]
-                r = 1.0
-                if normalize and ctx_ss + cand_ss > 0:
-                    r = 1.0 / (ctx_ss + cand_ss)
-                if model_code == 0:
-                    pairs = ctx_pairs + ctr_ffm_cross(&cf[lo], &cj[lo], &cv[lo], n, xf, xj, xv, nc, W, sj, sf, k) \
-                        + ctr_ffm_pairs(&cf[lo], &cj[lo], &cv[lo], n, W, sj, sf, k)
-                else:
-                    for d in range(k):
-                        S[d] = S_ctx[d]
-                    sq = ctx_sq
-                    ctr_fm_sums(&cj[lo], &cv[lo], n, W, sj, k, S, &sq)
-                    tot = 0.0
-                    for d in range(k):
-                        tot = tot + S[d] * S[d]
-                    pairs = 0.5 * (tot - sq)
-                z = z + r * pairs
-            o[c] = _sigmoid(z)
-    return 0
+                    S[d] = S_ctx[d]
+                sq = ctx_sq
+                ctr_fm_sums(&cj[lo], &cv[lo], n, W, sj, k, S, &sq)
+                tot = 0.0
+                for d in range(k):
+                    tot = tot + S[d] * S[d]
+                pairs = 0.5 * (tot - sq)
+            z = z + r * pairs
+        o[c] = _sigmoid(z)
