@@ -201,11 +201,12 @@ class _Estimator:
             # (on a shared machine the CPU time is the steadier figure)
             info: dict[str, Any] = {"epoch": epoch_no, "train_loss": loss_sum / max(weight_sum, 1e-300),
                                     "valid_loss": None, "seconds": seconds, "cpu_seconds": cpu_seconds,
-                                    "valid_seconds": 0.0}
+                                    "valid_seconds": 0.0, "valid_cpu_seconds": 0.0}
             if valid is not None:
-                start = time.perf_counter()
+                start, cpu_start = time.perf_counter(), time.process_time()
                 info["valid_loss"] = _log_loss_of_logits(self._state_logits(valid, self.n_threads), y_valid, w_valid)
                 info["valid_seconds"] = time.perf_counter() - start
+                info["valid_cpu_seconds"] = time.process_time() - cpu_start
             run_history.append(info)
             self.history_.append(info)
             if self.verbose:
@@ -303,7 +304,7 @@ class _FactorizationMachine(_Estimator):
     1 / sum(x^2) of the row. `n_threads` > 1 trains lock-free over rows
     (Hogwild, as LIBFFM), which is not bit-reproducible; one thread is.
     `history_` holds per epoch: epoch, train_loss (measured before each row's
-    update), valid_loss, seconds (wall), cpu_seconds, valid_seconds.
+    update), valid_loss, seconds (wall), cpu_seconds, valid_seconds, valid_cpu_seconds.
     """
 
     def __init__(self, k: int = 4, eta: float = 0.2, l2: float = 2e-5, l1: float = 0.0, epochs: int = 20,
