@@ -213,3 +213,17 @@ def test_l1_proximal_step_makes_exact_zeros():
     assert np.all(touched == 0.0)
     assert np.all(lin_state[:, 0] == 0.0)
     assert np.all(state[0, 0, :k] == np.float32(1e-4))     # a (feature, own field) block is never used
+
+
+@pytest.mark.parametrize("model_type", ["ffm", "fm"])
+def test_score_candidates_with_empty_context_or_candidates(model_type):
+    rng = np.random.default_rng(3)
+    params = random_params(model_type, 80, 6, 4, seed=4)
+    _, _, _, indptr, cf, cj, cx = _request(rng, 6, 80, 3, 4, 3)
+    none = np.empty(0, dtype=np.int32)
+    got = scoring.score_candidates(params, none, none, np.empty(0, dtype=np.float32), indptr, cf, cj, cx)
+    want = [reference.row_logit(params, cf[lo:hi], cj[lo:hi], cx[lo:hi]) for lo, hi in zip(indptr[:-1], indptr[1:])]
+    np.testing.assert_allclose(got, 1 / (1 + np.exp(-np.array(want))), atol=1e-6)
+    empty = scoring.score_candidates(params, cf[:2], cj[:2], cx[:2], np.zeros(1, dtype=np.int64), none, none,
+                                     np.empty(0, dtype=np.float32))
+    assert empty.shape == (0,)
