@@ -194,3 +194,14 @@ def test_input_and_hyperparameter_validation(split):
     with pytest.raises(ConfigError, match="needs a 'ffm' model"):
         FFM.from_params(LogisticRegression(epochs=1).fit(train).params_)
     assert FFM(k=8).set_params(eta=0.1).get_params()["eta"] == 0.1
+
+
+def test_dropped_training_state_still_predicts_and_warm_starts(split):
+    train, valid = split
+    model = FFM(epochs=1, early_stopping=False).fit(train, valid)
+    before = model.predict_proba(valid)
+    model.drop_training_state()
+    np.testing.assert_array_equal(model.predict_proba(valid), before)
+    model.fit(train, valid, warm_start=True)
+    assert model.history_[-1]["epoch"] == 2
+    assert model.history_[-1]["valid_loss"] < model.history_[0]["valid_loss"]

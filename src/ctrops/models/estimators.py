@@ -165,6 +165,8 @@ class _Estimator:
         self._validate_hyper()
         self._check_common()
         check_matrix(train, what="training data", labels=True)
+        if warm_start and getattr(self, "_state", None) is None and getattr(self, "params_", None) is not None:
+            self._params_to_state(self.params_, fresh=True)      # state was dropped: accumulators restart
         resume = warm_start and getattr(self, "_state", None) is not None
         if resume:
             n_features = max(train.n_features, self.n_features_in_)
@@ -240,6 +242,14 @@ class _Estimator:
         self.params_.extra["hyperparameters"] = self.get_params()
         self.params_.extra["best_epoch"] = int(best_epoch)
         return self
+
+    def drop_training_state(self) -> None:
+        """Free the AdaGrad/FTRL accumulators (about as large as the weights).
+
+        Prediction is unaffected; a later `fit(warm_start=True)` starts from
+        `params_` with fresh accumulators, as after `from_params`.
+        """
+        self._state = None
 
     def _fitted_params(self) -> ModelParams:
         params = getattr(self, "params_", None)
