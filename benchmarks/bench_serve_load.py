@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -49,6 +50,7 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=2000.0, help="sustained rate to hold")
     ap.add_argument("--duration", type=float, default=60.0, help="seconds at the sustained rate")
     ap.add_argument("--skip-baseline", action="store_true")
+    ap.add_argument("--no-log", action="store_true", help="run the server without the prediction log")
     args = ap.parse_args()
     n_features = 50_000 if args.quick else 1_000_000
     duration = 5.0 if args.quick else args.duration
@@ -66,8 +68,9 @@ def main() -> None:
 
     log_dir = w.OUT / "prediction-log"
     shutil.rmtree(log_dir, ignore_errors=True)
-    server = w.start_ctrops(storage, args.workers, args.runtime, log_dir)
-    result: dict = {"runtime": args.runtime, "workers": args.workers, "model_mib": round(size_mb, 1)}
+    server = w.start_ctrops(storage, args.workers, args.runtime, None if args.no_log else log_dir)
+    result: dict = {"runtime": args.runtime, "workers": args.workers, "model_mib": round(size_mb, 1),
+                    "prediction_log": not args.no_log, "loadavg_start": os.getloadavg()}
     try:
         w.open_loop_subprocess(server.port, bodies, "/v1/predict", min(rate, 500), 3)  # warm up
         before = w.server_latency(server.port)
@@ -81,7 +84,7 @@ def main() -> None:
               f"{sustained['p99_ms']} ms (client, from scheduled send), errors {sustained['errors']}; server-side "
               f"p99 <= {after['p99_le_ms']} ms (histogram bucket)", flush=True)
         print("  ctrops rate sweep (p99 <= 20 ms):", flush=True)
-        rates = [rate * f for f in (1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0)]
+        rates = [rate * f for f in (0.125, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0)]
         best, runs = sweep(server.port, bodies, rates, step)
         result["ctrops_max_rate_p99_20ms"] = best
         result["ctrops_sweep"] = runs
@@ -112,6 +115,8 @@ def main() -> None:
         result["max_rate_ratio"] = ratio
         print(f"highest rate at p99 <= 20 ms: ctrops {best:.0f} req/s, baseline {bbest:.0f} req/s -> "
               f"{ratio:.1f}x", flush=True)
+    result["loadavg_end"] = os.getloadavg()
+    print(f"machine load average (1, 5, 15 min) at start {result['loadavg_start']}, at end {result['loadavg_end']}")
     out = w.OUT / f"bench_serve_load-{args.runtime}{'-quick' if args.quick else ''}.json"
     out.write_text(json.dumps(result, indent=2))
     print(json.dumps({k: v for k, v in result.items() if not k.endswith("sweep")}))

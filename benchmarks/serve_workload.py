@@ -300,14 +300,20 @@ async def _open_loop(port: int, requests: list[bytes], rate: float, duration: fl
     start_t = time.perf_counter()
     total = int(rate * duration)
 
+    give_up = start_t + duration + timeout  # an overloaded server must not stretch the run without bound
+    late = 0
+
     async def worker(wid: int) -> None:
-        nonlocal errors
+        nonlocal errors, late
         reader = writer = None
         i = wid
         while True:
             t_sched = await queue.get()
             if t_sched is None:
                 break
+            if time.perf_counter() > give_up:
+                late += 1  # never sent: counted as an error (the server fell behind the schedule)
+                continue
             try:
                 if writer is None:
                     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -339,9 +345,10 @@ async def _open_loop(port: int, requests: list[bytes], rate: float, duration: fl
         queue.put_nowait(t_sched)
     for _ in workers:
         queue.put_nowait(None)
-    await asyncio.wait_for(asyncio.gather(*workers), timeout=duration + timeout + 30)
+    await asyncio.wait_for(asyncio.gather(*workers), timeout=duration + 3 * timeout + 30)
     elapsed = time.perf_counter() - start_t
-    return LoadResult(rate, total, len(lat), errors, elapsed, np.array(lat), np.array(svc), np.array(sent_at))
+    return LoadResult(rate, total, len(lat), errors + late, min(elapsed, duration + timeout), np.array(lat),
+                      np.array(svc), np.array(sent_at))
 
 
 def open_loop(port: int, requests: list[bytes], rate: float, duration: float, connections: int = 64,
@@ -358,8 +365,10 @@ def open_loop_subprocess(port: int, bodies_file: Path, path: str, rate: float, d
     """Run `open_loop` in its own process (its own core share, no GIL contention with the caller)."""
     out = subprocess.run([PY, str(Path(__file__)), "--port", str(port), "--bodies", str(bodies_file),
                           "--path", path, "--rate", str(rate), "--duration", str(duration),
-                          "--connections", str(connections)], capture_output=True, text=True, check=True,
-                         timeout=duration + 120, cwd=ROOT)
+                          "--connections", str(connections)], capture_output=True, text=True,
+                         timeout=duration + 180, cwd=ROOT)
+    if out.returncode != 0:
+        raise RuntimeError(f"load client failed ({out.returncode}): {out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
