@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -56,7 +57,8 @@ def main() -> None:
     bodies = w.write_bodies(reqs, w.OUT / "bodies-100.jsonl")
     ml_bodies = w.write_bodies([w.mlflow_body(r) for r in reqs], w.OUT / "bodies-100-mlflow.jsonl")
     results: dict = {"model": model.name, "workers": args.workers, "connections": args.connections,
-                     "duration_s": duration, "repeats": repeats}
+                     "duration_s": duration, "repeats": repeats, "runtime": args.runtime,
+                     "loadavg_start": os.getloadavg()}
 
     if "ctrops" in only:
         storage = w.OUT / f"store-compare-{n_features}"
@@ -99,6 +101,8 @@ def main() -> None:
                 b = results[name]
                 results[f"vs_{name}"] = {"throughput_x": c["rps"] / b["rps"], "p99_lower_x": b["p99_ms"] / c["p99_ms"]}
                 print(f"ctrops vs {name}: {c['rps'] / b['rps']:.1f}x throughput, p99 {b['p99_ms'] / c['p99_ms']:.1f}x lower")
+    results["loadavg_end"] = os.getloadavg()
+    print(f"machine load average (1, 5, 15 min) at start {results['loadavg_start']}, at end {results['loadavg_end']}")
     out = w.OUT / f"bench_serve_compare{'-quick' if args.quick else ''}.json"
     out.write_text(json.dumps(results, indent=2))
     print(json.dumps({k: v for k, v in results.items() if k.startswith("vs_")}))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -87,7 +88,7 @@ def main() -> None:
     result = {"rate": rate, "duration_s": duration, "events": events, "client": res,
               "worst_second_p99_during_swaps_ms": max(during) if during else None,
               "median_second_p99_steady_ms": statistics.median(steady) if steady else None,
-              "final_versions": sorted(final),
+              "final_versions": sorted(final), "loadavg_end": os.getloadavg(),
               "reload_successes": [line for line in metrics.splitlines()
                                    if line.startswith('ctrops_reloads_total{outcome="success"}')]}
     print(f"{rate:.0f} req/s for {duration:.0f} s with 3 swaps: errors {res['errors']}, p99 {res['p99_ms']} ms; "
