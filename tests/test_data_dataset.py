@@ -194,3 +194,26 @@ def test_libffm_declared_sizes_line_up_with_a_model(tmp_path):
     assert not rep.cache_hit and X2.n_features == 6
     with pytest.raises(DataError, match="out of range"):
         load_dataset(path, "libffm", n_features=5)
+
+
+def test_convert_csv_to_parquet_keeps_ids_then_parquet_to_libffm(tmp_path):
+    spec = FieldSpec.from_dict({"label": "y", "id": ["rid"], "passthrough": ["camp"],
+                                "numeric": ["n"], "categorical": ["a"]})
+    src = tmp_path / "x.csv"
+    src.write_text("rid,y,n,a,camp,junk\nr1,1,5,u,c1,z\nr2,0,,v,c2,z\nr3,9,1,u,c1,z\nr4,0,2,,c3,z\n")
+    pq_out = tmp_path / "x.parquet"
+    rep = convert(src, "csv", "parquet", pq_out, spec=spec)
+    assert rep.rows_written == 3 and rep.rows_rejected == 1
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(pq_out)
+    assert table.column_names == ["y", "n", "a", "rid", "camp"]
+    assert table.column("rid").to_pylist() == ["r1", "r2", "r4"]
+    assert table.column("n").to_pylist() == [5.0, None, 2.0] and table.column("a").to_pylist() == ["u", "v", None]
+    enc = FeatureEncoder(spec, min_count=1)
+    ffm = tmp_path / "x.ffm"
+    convert(pq_out, "parquet", "libffm", ffm, encoder=enc)
+    X_csv, _ = load_dataset(src, "csv", encoder=enc, rejects=False)
+    Y = read_libffm(ffm, n_fields=2, n_features=enc.n_features_)
+    np.testing.assert_array_equal(Y.indices, X_csv.indices)
+    np.testing.assert_array_equal(Y.labels, X_csv.labels)
