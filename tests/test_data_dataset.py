@@ -217,3 +217,28 @@ def test_convert_csv_to_parquet_keeps_ids_then_parquet_to_libffm(tmp_path):
     Y = read_libffm(ffm, n_fields=2, n_features=enc.n_features_)
     np.testing.assert_array_equal(Y.indices, X_csv.indices)
     np.testing.assert_array_equal(Y.labels, X_csv.labels)
+
+
+@pytest.mark.parametrize("fitted", [False, True])
+def test_two_pass_equals_one_pass(criteo_file, tmp_path, fitted):
+    spec = FieldSpec.criteo()
+    enc1 = FeatureEncoder(spec, min_count=2)
+    if fitted:
+        load_dataset(criteo_file, "criteo", encoder=enc1, rejects=False)
+    enc2 = FeatureEncoder.from_header(enc1.to_header(), enc1.arrays()) if fitted else FeatureEncoder(spec, min_count=2)
+    X1, r1 = load_dataset(criteo_file, "criteo", encoder=enc1, rejects=tmp_path / "r1.jsonl", two_pass=False)
+    X2, r2 = load_dataset(criteo_file, "criteo", encoder=enc2, rejects=tmp_path / "r2.jsonl", two_pass=True)
+    assert_same_matrix(X1, X2)
+    assert r1.rows_rejected == r2.rows_rejected > 0
+    assert (tmp_path / "r1.jsonl").read_text() == (tmp_path / "r2.jsonl").read_text()
+    assert enc2.to_header() == enc1.to_header()
+
+
+def test_two_pass_keeps_weights(tmp_path):
+    spec = FieldSpec.from_dict({"label": "y", "weight": "w", "categorical": ["a"]})
+    src = tmp_path / "w.csv"
+    src.write_text("y,w,a\n1,2.5,u\n0,0.5,v\n1,1,u\n")
+    X1, _ = load_dataset(src, "csv", spec=spec, rejects=False, two_pass=False)
+    X2, _ = load_dataset(src, "csv", spec=spec, rejects=False, two_pass=True)
+    assert X2.weights is not None and X2.weights.tolist() == [2.5, 0.5, 1.0]
+    assert_same_matrix(X1, X2)

@@ -23,6 +23,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import numpy as np
@@ -36,6 +37,7 @@ from ctrops.errors import ConfigError
 
 log = logging.getLogger(__name__)
 CACHE_LAYOUT_VERSION = 1
+TWO_PASS_BYTES = 1 << 30
 
 
 @dataclass
@@ -69,6 +71,14 @@ def default_reject_path(path: str | os.PathLike) -> Path:
     return Path(tempfile.gettempdir()) / f"{p.name}.rejects.jsonl"
 
 
+def identity_size(path: str | os.PathLike) -> int:
+    """Size of the input on disk (0 when unknown, e.g. a remote URL)."""
+    try:
+        return 0 if "://" in str(path) else os.path.getsize(path)
+    except OSError:
+        return 0
+
+
 def _file_identity(path: str | os.PathLike) -> dict[str, Any] | None:
     if "://" in str(path):
         return None
@@ -95,7 +105,7 @@ def load_dataset(path: str | os.PathLike, format: str, spec: FieldSpec | None = 
                  rejects: str | os.PathLike | Literal[False] | None = None, progress: Progress | None = None, *,
                  max_reject_fraction: float = DEFAULT_MAX_REJECT_FRACTION,
                  n_threads: int | None = None, n_fields: int | None = None,
-                 n_features: int | None = None) -> tuple[FieldMatrix, ReadReport]:
+                 n_features: int | None = None, two_pass: bool | None = None) -> tuple[FieldMatrix, ReadReport]:
     """Read, encode and (optionally) cache a log file.
 
     format   "criteo", "csv", "parquet" (encoded with `encoder`) or "libffm"
@@ -109,6 +119,8 @@ def load_dataset(path: str | os.PathLike, format: str, spec: FieldSpec | None = 
     n_threads  native threads for parsing and encoding (default: the CPU count, at most 4).
     n_fields, n_features  LIBFFM only: the model's sizes, so a validation file
              lines up with its training file (an entry beyond them is a DataError).
+    two_pass read the file twice (count, then encode into the final arrays) so
+             memory holds only the matrix; default: for inputs over 1 GiB.
     """
     t0 = time.perf_counter()
     if n_threads is None:
@@ -155,17 +167,37 @@ def load_dataset(path: str | os.PathLike, format: str, spec: FieldSpec | None = 
             X = read_libffm(path, rejects=rlog, progress=progress, n_fields=n_fields, n_features=n_features)
         else:
             assert encoder is not None and spec is not None
-            chunks: list[KeyedChunk] = []
+            def read(log: RejectLog, report_progress: bool = True) -> Iterator[KeyedChunk]:
+                return iter_keyed_chunks(path, format, spec, encoder.seed, rejects=log,
+                                         progress=progress if report_progress else None, n_threads=n_threads)
+
+            if two_pass is None:
+                two_pass = identity_size(path) > TWO_PASS_BYTES
             counter = None if encoder.is_fitted else encoder.partial_counter()
-            for chunk in iter_keyed_chunks(path, format, spec, encoder.seed, rejects=rlog, progress=progress,
-                                           n_threads=n_threads):
+            if two_pass:
+                # pass 1 counts rows (and values); pass 2 parses again straight into the matrix,
+                # so memory holds the matrix only, never every row's keys
+                n_rows = 0
+                for chunk in read(rlog):
+                    if counter is not None:
+                        counter.add(chunk.keys, chunk.weights)
+                    n_rows += chunk.n_rows
                 if counter is not None:
-                    counter.add(chunk.keys, chunk.weights)
-                chunks.append(chunk)
-            if counter is not None:
-                encoder.fit_from_counter(counter)
-                fitted_here = True
-            X = encoder.transform_chunks(chunks, n_threads, consume=True)
+                    encoder.fit_from_counter(counter)
+                    fitted_here = True
+                quiet = RejectLog(path_s, None, max_fraction=1.0)   # rejects were recorded in pass 1
+                X = encoder.transform_chunks(read(quiet, report_progress=False), n_threads, n_rows=n_rows,
+                                             weighted=spec.weight is not None)
+            else:
+                chunks: list[KeyedChunk] = []
+                for chunk in read(rlog):
+                    if counter is not None:
+                        counter.add(chunk.keys, chunk.weights)
+                    chunks.append(chunk)
+                if counter is not None:
+                    encoder.fit_from_counter(counter)
+                    fitted_here = True
+                X = encoder.transform_chunks(chunks, n_threads, consume=True)
     finally:
         rlog.close()
     message = None

@@ -247,35 +247,54 @@ class FeatureEncoder:
                                   int(self.hash_space) if self.indexing == "hash" else 0, n_threads,
                                   out_indices, out_values)
 
-    def transform_chunks(self, chunks: list[KeyedChunk], n_threads: int = 1, *,
-                         consume: bool = False) -> FieldMatrix:
-        """FieldMatrix of in-memory chunks, encoded straight into the final arrays.
+    def transform_chunks(self, chunks: list[KeyedChunk] | Iterable[KeyedChunk], n_threads: int = 1, *,
+                         consume: bool = False, n_rows: int | None = None,
+                         weighted: bool | None = None) -> FieldMatrix:
+        """FieldMatrix of keyed chunks, encoded straight into the final arrays.
 
-        `consume=True` empties the list as it goes, so each key matrix is
-        freed once encoded (peak memory: the keys plus the matrix, not twice).
+        A list with `consume=True` is emptied as it goes, so each key matrix is
+        freed once encoded. Any other iterable is streamed when `n_rows` (its
+        exact row count, e.g. from a counting pass) is given: then only the
+        matrix is ever held, whatever the input size. `weighted` says whether
+        to keep row weights when it cannot be read off a list.
         """
         self._check_fitted()
         nf = self.spec.n_fields
-        n = sum(c.n_rows for c in chunks)
+        if isinstance(chunks, list) and not consume:
+            chunks = list(chunks)
+        if n_rows is None:
+            chunks = chunks if isinstance(chunks, list) else list(chunks)
+            n_rows = sum(c.n_rows for c in chunks)
+        if weighted is None:
+            weighted = isinstance(chunks, list) and any(c.weights is not None for c in chunks)
+        n = n_rows
         indices = np.empty(n * nf, np.int32)
         values = np.empty(n * nf, np.float32)
         labels = np.empty(n, np.float32)
-        any_weights = any(c.weights is not None for c in chunks)
-        weights = np.ones(n, np.float32) if any_weights else None
-        todo = chunks if consume else list(chunks)
-        todo.reverse()
+        weights = np.ones(n, np.float32) if weighted else None
+        if isinstance(chunks, list):
+            chunks.reverse()
+
+            def drain() -> Iterable[KeyedChunk]:
+                while chunks:
+                    yield chunks.pop()
+            source: Iterable[KeyedChunk] = drain()
+        else:
+            source = chunks
         at = 0
-        while todo:
-            chunk = todo.pop()
+        for chunk in source:
+            self._check_chunk(chunk)
             m = chunk.n_rows
+            if at + m > n:
+                raise DataError(f"the input has more than the announced {n} rows (did it change while read?)")
             self.transform_chunk(chunk, n_threads, indices[at * nf:(at + m) * nf], values[at * nf:(at + m) * nf])
             labels[at:at + m] = chunk.labels
             if weights is not None and chunk.weights is not None:
                 weights[at:at + m] = chunk.weights
             at += m
             del chunk
-        if consume:
-            chunks.clear()
+        if at != n:
+            raise DataError(f"the input has {at} rows, not the announced {n} (did it change while read?)")
         return FieldMatrix.from_arrays(
             indptr=np.arange(0, n * nf + 1, nf, dtype=np.int64) if nf else np.zeros(n + 1, np.int64),
             fields=np.tile(np.arange(nf, dtype=np.int32), n), indices=indices, values=values, labels=labels,
