@@ -167,6 +167,7 @@ def load_dataset(path: str | os.PathLike, format: str, spec: FieldSpec | None = 
             X = read_libffm(path, rejects=rlog, progress=progress, n_fields=n_fields, n_features=n_features)
         else:
             assert encoder is not None and spec is not None
+
             def read(log: RejectLog, report_progress: bool = True) -> Iterator[KeyedChunk]:
                 return iter_keyed_chunks(path, format, spec, encoder.seed, rejects=log,
                                          progress=progress if report_progress else None, n_threads=n_threads)
