@@ -133,3 +133,16 @@ def test_resume_without_saved_outputs_and_bad_configs_are_config_errors(tmp_path
         run_pipeline({**config(tmp_path, *data), "tunning": {}})
     with pytest.raises(ConfigError, match="unknown gate setting"):
         run_pipeline(config(tmp_path, *data, gate={"max_loss": 1}))
+
+
+def test_shard_training_through_the_pipeline(first_run, tmp_path):
+    tmp, cfg, _ = first_run
+    sharded = {**cfg, "run_dir": str(tmp_path / "run"), "tune": {**cfg["tune"], "n_trials": 2},
+               "shards": {"n": 2}}
+    res = run_pipeline(sharded)
+    assert res.ok, res.error
+    report = res.step("train").outputs["shards"]
+    assert report["n_shards"] == 2 and sum(report["rows_per_shard"]) == res.step("build-dataset").outputs["rows_train"]
+    assert report["single_valid_loss"] == pytest.approx(res.step("tune").outputs["best_value"])
+    assert abs(report["averaged_valid_loss"] - report["single_valid_loss"]) < 0.05
+    assert res.step("train").outputs["valid_log_loss"] == pytest.approx(report["averaged_valid_loss"])

@@ -303,7 +303,9 @@ def train_step(ctx: StepContext) -> dict[str, Any]:
         model_params, report = train_shards(cfg.model_type, params, split_rows(train, cfg.shards),
                                             data["valid_matrix"], rounds=cfg.shard_rounds,
                                             work_dir=ctx.step_dir / "shards")
+        # the best tuning trial is one model with these parameters on all rows: the baseline to compare with
         report.single_valid_loss = tuned.get("best_value")
+        ctx.note(f"averaged {report.averaged_valid_loss:.5f} vs single {report.single_valid_loss}")
         valid_loss = report.averaged_valid_loss
         best_epoch = max(report.shard_best_epoch)
         shard_report = report.to_dict()
@@ -332,6 +334,7 @@ def train_step(ctx: StepContext) -> dict[str, Any]:
     nbytes = path.stat().st_size
     _log_step(metrics={"valid_log_loss": valid_loss, "model_bytes": nbytes, "best_epoch": best_epoch or 0,
                        **({"shards.averaged_valid_loss": shard_report["averaged_valid_loss"],
+                           "shards.single_valid_loss": shard_report["single_valid_loss"],
                            "shards.seconds": shard_report["seconds"]} if shard_report else {})},
               params={k: v for k, v in params.items() if not isinstance(v, (list, dict))})
     return {"model_path": str(path), "model_bytes": nbytes, "valid_log_loss": valid_loss,
