@@ -52,6 +52,8 @@ def test_first_run_promotes_and_records_every_step(first_run):
     children = client.search_runs([parent.info.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{res.parent_run_id}'")
     assert sorted(r.data.tags["ctrops.step"] for r in children) == sorted(STEP_NAMES)
+    register = next(r for r in children if r.data.tags["ctrops.step"] == "register")
+    assert "outputs.json" in [a.path for a in client.list_artifacts(register.info.run_id)]
     assert "tuning/study.db" in [a.path for a in client.list_artifacts(res.parent_run_id, "tuning")]
     assert "gate.json" in [a.path for a in client.list_artifacts(res.parent_run_id)]
     tune = res.step("tune").outputs

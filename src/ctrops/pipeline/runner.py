@@ -213,6 +213,7 @@ def run_pipeline(config_path_or_dict: str | os.PathLike | Mapping[str, Any], fro
                 try:
                     rec.outputs = STEPS[rec.name](ctx) or {}
                     rec.status = "done"
+                    mlflow.log_dict(json.loads(json.dumps(rec.outputs, default=str)), "outputs.json")
                 except Exception as exc:  # noqa: BLE001 - any failure stops the run with its reason
                     rec.status = "failed"
                     rec.error = f"{type(exc).__name__}: {exc}"
