@@ -88,6 +88,10 @@ def test_predictor_matches_reference_and_explains(tmp_path):
     ex = p.explain(CONTEXT, CANDIDATES[0])
     assert {f["field"] for f in ex["features"]} == {"f0", "f1", "f2"}
     assert ex["score"] == pytest.approx(float(reference_scores(parts, CONTEXT, CANDIDATES[:1])[0]), rel=1e-5)
+    logit = ex["contributions"]["logit"]
+    assert 1 / (1 + np.exp(-logit)) == pytest.approx(ex["score"], rel=1e-5)
+    used = {f["index"] for f in ex["features"]}
+    assert {t["index"] for t in ex["contributions"]["linear"]} == used  # indices are the model's own
     p.close()
 
 

@@ -98,11 +98,24 @@ class Predictor:
              "linear": float(linear[j]) if linear is not None else 0.0}
             for f, j, x in zip(fields.tolist(), indices.tolist(), values.tolist())]
         if self._contributions is not None:
+            # score the row on a model cut down to its own features: the contribution routine converts
+            # whole weight arrays to float64, which on a 1e6-feature model means gigabytes and seconds
+            uniq, local = np.unique(indices, return_inverse=True)
+            p = self.params
+            small = type(p)(model_type=p.model_type, n_features=len(uniq), n_fields=p.n_fields, k=p.k,
+                            bias=p.bias, normalize=p.normalize,
+                            linear=None if p.linear is None else np.asarray(p.linear[uniq]),
+                            latent=None if p.latent is None else np.asarray(p.latent[uniq]))
             try:
-                contrib = self._contributions(self.params, fields, indices, values, top_pairs=20)
+                contrib = self._contributions(small, fields, local.astype(np.int32), values, top_pairs=20)
             except TypeError:  # a scorer without top_pairs
-                contrib = self._contributions(self.params, fields, indices, values)
-            out["contributions"] = _plain(contrib)
+                contrib = self._contributions(small, fields, local.astype(np.int32), values)
+            plain = _plain(contrib)
+            for term in plain.get("linear", []):  # back to the model's feature indices
+                term["index"] = int(uniq[term["index"]])
+            for term in plain.get("pairs", []):
+                term["indices"] = [int(uniq[j]) for j in term["indices"]]
+            out["contributions"] = plain
         return out
 
     # ---- description --------------------------------------------------------------------------

@@ -162,14 +162,16 @@ class PredictionService:
 
     def _debug(self, predictor: Any, req: Any, prefix: str, request_id: str, arm: str, pos: int,
                now_ms: int) -> None:
-        try:
-            record = {"schema": 1, "kind": "debug", "ts_ms": now_ms, "request_id": request_id, "arm": arm,
-                      "tracking_id": f"{prefix}{pos:04x}", "candidate_id": req.candidate_ids[pos],
-                      "context": req.context, "candidate": req.candidate_fields[pos],
-                      "explain": predictor.explain(req.context, req.candidate_fields[pos])}
-            self.log.submit_debug(record)
-        except Exception:
-            log.exception("debug explain failed (request %s)", request_id)
+        """Queue a debug record; the log writer thread builds it (explaining costs milliseconds)."""
+        context, candidate = req.context, req.candidate_fields[pos]
+        candidate_id = req.candidate_ids[pos]
+
+        def build() -> dict:
+            return {"schema": 1, "kind": "debug", "ts_ms": now_ms, "request_id": request_id, "arm": arm,
+                    "tracking_id": f"{prefix}{pos:04x}", "candidate_id": candidate_id,
+                    "context": context, "candidate": candidate, "explain": predictor.explain(context, candidate)}
+
+        self.log.submit_debug(build)
 
 
 def create_app(config: ServingConfig, *, loader: ServingLoader | None = None,

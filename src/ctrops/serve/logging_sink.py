@@ -23,7 +23,7 @@ from collections import deque
 from dataclasses import dataclass
 from itertools import chain
 from operator import itemgetter
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import fsspec
 import numpy as np
@@ -115,7 +115,9 @@ class PredictionLog:
         self._queue.append(entry)
         return True
 
-    def submit_debug(self, record: dict) -> None:
+    def submit_debug(self, record: dict | Callable[[], dict]) -> None:
+        """Queue a debug record, or a function the writer thread calls to build it (keeps slow
+        explanations off the request path). Bounded; extra records are silently skipped."""
         if len(self._debug) < 1000 and not self._stop:
             self._debug.append(record)
 
@@ -173,7 +175,11 @@ class PredictionLog:
             self._write_with_retry(batch)
         debug = []
         while self._debug:
-            debug.append(self._debug.popleft())
+            item = self._debug.popleft()
+            try:
+                debug.append(item() if callable(item) else item)
+            except Exception:
+                log.exception("building a debug record failed")
         if debug:
             try:
                 self._write_debug(debug)
