@@ -20,6 +20,9 @@ from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_DATA, PyUnicode_
 
 cdef extern from "Python.h":
     bint PyUnicode_IS_COMPACT_ASCII(object o)
+
+cdef extern from *:
+    void __builtin_prefetch(const void* addr) noexcept nogil
 from cpython.long cimport PyLong_AsLongLongAndOverflow
 from libc.math cimport log, floor, isfinite, isnan
 from libc.stdint cimport uint8_t, int32_t, int64_t, uint32_t, uint64_t
@@ -786,6 +789,8 @@ cdef class RequestEncoder:
     cdef list names
     # scratch
     cdef int32_t* ctx_idx
+    cdef uint64_t* ctx_key
+    cdef uint64_t* ent_k
     cdef float* ctx_val
     cdef uint8_t* ctx_set
     cdef uint8_t* in_cands
@@ -840,6 +845,7 @@ cdef class RequestEncoder:
         self.has_missing = len(self.missing) > 0
         nf = max(1, self.n_fields)
         self.ctx_idx = <int32_t*>malloc(nf * sizeof(int32_t))
+        self.ctx_key = <uint64_t*>malloc(nf * sizeof(uint64_t))
         self.ctx_val = <float*>malloc(nf * sizeof(float))
         self.ctx_set = <uint8_t*>malloc(nf)
         self.in_cands = <uint8_t*>malloc(nf)
@@ -847,6 +853,9 @@ cdef class RequestEncoder:
         self.ent_f = <int32_t*>malloc(self.ent_cap * sizeof(int32_t))
         self.ent_i = <int32_t*>malloc(self.ent_cap * sizeof(int32_t))
         self.ent_v = <float*>malloc(self.ent_cap * sizeof(float))
+        self.ent_k = <uint64_t*>malloc(self.ent_cap * sizeof(uint64_t))
+        if self.ctx_key == NULL or self.ent_k == NULL:
+            raise MemoryError()
         self.states = <uint64_t*>malloc(nf * sizeof(uint64_t))
         if self.states == NULL:
             raise MemoryError()
@@ -857,6 +866,8 @@ cdef class RequestEncoder:
             raise MemoryError()
 
     def __dealloc__(self):
+        free(self.ctx_key)
+        free(self.ent_k)
         free(self.states)
         free(self.ctx_idx)
         free(self.ctx_val)
@@ -875,17 +886,10 @@ cdef class RequestEncoder:
         self.ent_f = <int32_t*>realloc(self.ent_f, cap * sizeof(int32_t))
         self.ent_i = <int32_t*>realloc(self.ent_i, cap * sizeof(int32_t))
         self.ent_v = <float*>realloc(self.ent_v, cap * sizeof(float))
-        if self.ent_f == NULL or self.ent_i == NULL or self.ent_v == NULL:
+        self.ent_k = <uint64_t*>realloc(self.ent_k, cap * sizeof(uint64_t))
+        if self.ent_f == NULL or self.ent_i == NULL or self.ent_v == NULL or self.ent_k == NULL:
             raise MemoryError()
         self.ent_cap = cap
-
-    cdef inline int32_t _index_of_key(self, int f, uint64_t k) noexcept:
-        cdef int32_t j
-        k = stored(k)
-        if self.cap > 0:
-            j = table_find(self.tk_p, self.tv_p, self.mask, k)
-            return j if j >= 0 else 2 * f + 1
-        return <int32_t>(2 * self.n_fields + <int64_t>(k % self.hash_space))
 
     cdef inline int _field_of(self, PyObject* name) except -2:
         """Field number of a dict key, -1 if it is not a field."""
@@ -903,8 +907,11 @@ cdef class RequestEncoder:
             self.name_field[slot] = f
         return f
 
-    cdef inline int _encode(self, int f, object v, int32_t* idx, float* val) except -1:
-        """Feature index and value of raw value v in field f; returns 1 if present, 0 if missing."""
+    cdef inline int _encode(self, int f, object v, uint64_t* key, float* val) except -1:
+        """Stored key (0 = missing) and value of raw value v in field f; returns 1 if present.
+
+        Keys are turned into indices afterwards, all at once (see `_resolve`).
+        """
         cdef int kind = self.kinds_p[f]
         cdef const char* buf
         cdef Py_ssize_t n
@@ -914,7 +921,7 @@ cdef class RequestEncoder:
         cdef double d
         cdef uint64_t k
         if v is None:
-            idx[0] = 2 * f
+            key[0] = 0
             val[0] = 1.0
             return 0
         if kind == 0:
@@ -926,7 +933,7 @@ cdef class RequestEncoder:
                 else:
                     buf = PyUnicode_AsUTF8AndSize(v, &n)
                 if n == 0 or (self.has_missing and v in self.missing):
-                    idx[0] = 2 * f
+                    key[0] = 0
                     val[0] = 1.0
                     return 0
                 k = key_from_state(self.states[f], buf, n)
@@ -939,7 +946,7 @@ cdef class RequestEncoder:
             elif type(v) is float:
                 d = v
                 if isnan(d):
-                    idx[0] = 2 * f
+                    key[0] = 0
                     val[0] = 1.0
                     return 0
                 if d == floor(d) and -9.2e18 < d < 9.2e18:
@@ -949,11 +956,11 @@ cdef class RequestEncoder:
             else:
                 tok = categorical_token(v)
                 if tok == "" or (self.has_missing and tok in self.missing):
-                    idx[0] = 2 * f
+                    key[0] = 0
                     val[0] = 1.0
                     return 0
                 k = key_of(<uint32_t>f, tok, self.seed)
-            idx[0] = self._index_of_key(f, k)
+            key[0] = stored(k)
             val[0] = 1.0
             return 1
         # numeric
@@ -963,7 +970,7 @@ cdef class RequestEncoder:
             if isinstance(v, (str, bytes)):
                 s = v.decode("utf-8", "replace") if isinstance(v, bytes) else v
                 if s == "" or (self.has_missing and s in self.missing):
-                    idx[0] = 2 * f
+                    key[0] = 0
                     val[0] = 1.0
                     return 0
                 try:
@@ -976,18 +983,46 @@ cdef class RequestEncoder:
                 except (TypeError, ValueError):
                     raise _request_error(self.names[f], v) from None
         if isnan(d):
-            idx[0] = 2 * f
+            key[0] = 0
             val[0] = 1.0
             return 0
         if not isfinite(d):
             raise _request_error(self.names[f], v)
         if kind == 1:
-            idx[0] = self._index_of_key(f, log2bin_key(<uint32_t>f, d, self.seed))
+            key[0] = log2bin_key(<uint32_t>f, d, self.seed)
             val[0] = 1.0
         else:
-            idx[0] = self._index_of_key(f, self.raw_keys[f])
+            key[0] = self.raw_keys[f]
             val[0] = <float>d
         return 1
+
+    cdef void _resolve(self, const uint64_t* keys, const int32_t* fields, int32_t* out,
+                       Py_ssize_t n) noexcept nogil:
+        """Indices of n stored keys (field i of key i when `fields` is NULL).
+
+        All table slots are prefetched first: the look-ups of one request are
+        independent, so their cache misses overlap instead of queueing.
+        """
+        cdef Py_ssize_t i
+        cdef uint64_t k, s
+        cdef int32_t f, j
+        if self.cap > 0:
+            for i in range(n):
+                k = keys[i]
+                if k != 0:
+                    s = k & self.mask
+                    __builtin_prefetch(self.tk_p + s)
+                    __builtin_prefetch(self.tv_p + s)
+        for i in range(n):
+            f = fields[i] if fields != NULL else <int32_t>i
+            k = keys[i]
+            if k == 0:
+                out[i] = 2 * f
+            elif self.cap > 0:
+                j = table_find(self.tk_p, self.tv_p, self.mask, k)
+                out[i] = j if j >= 0 else 2 * f + 1
+            else:
+                out[i] = <int32_t>(2 * self.n_fields + <int64_t>(k % self.hash_space))
 
     def encode(self, context, candidates):
         """(ctx_fields, ctx_indices, ctx_values, cand_indptr, cand_fields, cand_indices, cand_values)."""
@@ -1013,7 +1048,7 @@ cdef class RequestEncoder:
         cdef int64_t* o_p
         cdef int64_t* own_off
         for f in range(nf):
-            self.ctx_idx[f] = 2 * f
+            self.ctx_key[f] = 0
             self.ctx_val[f] = 1.0
             self.ctx_set[f] = 0
             self.in_cands[f] = 0
@@ -1026,7 +1061,7 @@ cdef class RequestEncoder:
                 f = self._field_of(pk)
                 if f < 0:
                     continue
-                self._encode(f, <object>pv, &self.ctx_idx[f], &self.ctx_val[f])
+                self._encode(f, <object>pv, &self.ctx_key[f], &self.ctx_val[f])
                 self.ctx_set[f] = 1
         # candidates, first pass: own entries into scratch
         cand_list = candidates if type(candidates) is list else list(candidates)
@@ -1046,12 +1081,14 @@ cdef class RequestEncoder:
                 if f < 0:
                     continue
                 self.ent_f[ne] = f
-                self._encode(f, <object>pv, &self.ent_i[ne], &self.ent_v[ne])
+                self._encode(f, <object>pv, &self.ent_k[ne], &self.ent_v[ne])
                 if not self.in_cands[f]:
                     self.in_cands[f] = 1
                     in_count += 1
                 ne += 1
             own_off[c + 1] = ne
+        self._resolve(self.ctx_key, NULL, self.ctx_idx, nf)
+        self._resolve(self.ent_k, self.ent_f, self.ent_i, ne)
         # context part: fields no candidate sets
         for f in range(nf):
             if not self.in_cands[f]:
