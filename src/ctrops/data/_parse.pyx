@@ -742,23 +742,34 @@ def encode_keys(const uint64_t[:, ::1] keys, const float[:, ::1] values, const u
     cdef uint64_t mask = cap - 1 if cap > 0 else 0, k
     cdef int64_t base = 2 * nf
     cdef int32_t j
+    cdef Py_ssize_t block = 8, b, r_end, rr
     if cap == 0 and hash_space == 0:
         raise ValueError("hash_space must be positive when there is no table")
-    for r in prange(n, nogil=True, num_threads=max(1, n_threads), schedule="static"):
-        for f in range(nf):
-            e = r * nf + f
-            k = keys[r, f]
-            val[e] = 1.0
-            if k == 0:
-                idx[e] = <int32_t>(2 * f)
-                continue
-            if cap > 0:
-                j = table_find(tk, tv, mask, k)
-                idx[e] = j if j >= 0 else <int32_t>(2 * f + 1)
-            else:
-                idx[e] = <int32_t>(base + <int64_t>(k % hash_space))
-            if has_values:
-                val[e] = values[r, f]
+    for b in prange((n + block - 1) // block, nogil=True, num_threads=max(1, n_threads), schedule="static"):
+        # prefetch the table slots of a few rows, then look them up: the misses overlap
+        r_end = min(n, (b + 1) * block)
+        if cap > 0:
+            for rr in range(b * block, r_end):
+                for f in range(nf):
+                    k = keys[rr, f]
+                    if k != 0:
+                        __builtin_prefetch(tk + (k & mask))
+                        __builtin_prefetch(tv + (k & mask))
+        for r in range(b * block, r_end):
+            for f in range(nf):
+                e = r * nf + f
+                k = keys[r, f]
+                val[e] = 1.0
+                if k == 0:
+                    idx[e] = <int32_t>(2 * f)
+                    continue
+                if cap > 0:
+                    j = table_find(tk, tv, mask, k)
+                    idx[e] = j if j >= 0 else <int32_t>(2 * f + 1)
+                else:
+                    idx[e] = <int32_t>(base + <int64_t>(k % hash_space))
+                if has_values:
+                    val[e] = values[r, f]
     return idx_a, val_a
 
 
