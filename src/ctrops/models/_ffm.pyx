@@ -80,6 +80,11 @@ cdef extern from *:
     #endif
     }
 
+    static inline int ctr_all_ones(const float* x, Py_ssize_t n) {
+        for (Py_ssize_t a = 0; a < n; a++) if (x[a] != 1.0f) return 0;
+        return 1;
+    }
+
     #if CTR_SSE
     /* one k=4 pair term: <wa[f_b], W[j_b, f_a]> x_a x_b */
     #define CTR_PAIR4(fb, jb, xb) _mm_mul_ps(_mm_set1_ps(xa * (xb)), \
@@ -90,6 +95,23 @@ cdef extern from *:
                                        const int32_t* fB, const int32_t* jB, const float* xB, Py_ssize_t nB,
                                        const float* W, Py_ssize_t sj, Py_ssize_t sf, int skip_lower) {
         __m128 acc0 = _mm_setzero_ps(), acc1 = _mm_setzero_ps(), acc2 = _mm_setzero_ps(), acc3 = _mm_setzero_ps();
+        if (ctr_all_ones(xA, nA) && ctr_all_ones(xB, nB)) {
+            /* one-hot rows (the usual case): no value products at all */
+            for (Py_ssize_t a = 0; a < nA; a++) {
+                const float* wa = W + (Py_ssize_t)jA[a] * sj;
+                const Py_ssize_t fa = (Py_ssize_t)fA[a] * sf;
+                Py_ssize_t b = skip_lower ? a + 1 : 0;
+                for (; b + 3 < nB; b += 4) {
+                    acc0 = _mm_add_ps(acc0, _mm_mul_ps(_mm_loadu_ps(wa + (Py_ssize_t)fB[b] * sf), _mm_loadu_ps(W + (Py_ssize_t)jB[b] * sj + fa)));
+                    acc1 = _mm_add_ps(acc1, _mm_mul_ps(_mm_loadu_ps(wa + (Py_ssize_t)fB[b + 1] * sf), _mm_loadu_ps(W + (Py_ssize_t)jB[b + 1] * sj + fa)));
+                    acc2 = _mm_add_ps(acc2, _mm_mul_ps(_mm_loadu_ps(wa + (Py_ssize_t)fB[b + 2] * sf), _mm_loadu_ps(W + (Py_ssize_t)jB[b + 2] * sj + fa)));
+                    acc3 = _mm_add_ps(acc3, _mm_mul_ps(_mm_loadu_ps(wa + (Py_ssize_t)fB[b + 3] * sf), _mm_loadu_ps(W + (Py_ssize_t)jB[b + 3] * sj + fa)));
+                }
+                for (; b < nB; b++)
+                    acc0 = _mm_add_ps(acc0, _mm_mul_ps(_mm_loadu_ps(wa + (Py_ssize_t)fB[b] * sf), _mm_loadu_ps(W + (Py_ssize_t)jB[b] * sj + fa)));
+            }
+            return ctr_hsum(_mm_add_ps(_mm_add_ps(acc0, acc1), _mm_add_ps(acc2, acc3)));
+        }
         for (Py_ssize_t a = 0; a < nA; a++) {
             const float* wa = W + (Py_ssize_t)jA[a] * sj;
             const Py_ssize_t fa = (Py_ssize_t)fA[a] * sf;
@@ -237,6 +259,8 @@ cdef extern from *:
     #if CTR_SSE
         if ((k & 3) == 0) {
             const __m128 vlam = _mm_set1_ps(lam), veta = _mm_set1_ps(eta), vl1 = _mm_set1_ps(l1);
+            const int ones = ctr_all_ones(x, n);
+            const __m128 vkr = _mm_set1_ps(kr);
             for (a = 0; a < n; a++) {
                 float* wa = W + (Py_ssize_t)j[a] * sj;
                 if (a < n_next) ctr_prefetch_feature(W, j_next[a], sj);
@@ -246,7 +270,7 @@ cdef extern from *:
                 for (b = a + 1; b < n; b++) {
                     float* w1 = wa + (Py_ssize_t)f[b] * sf;
                     float* w2 = W + (Py_ssize_t)j[b] * sj + fa;
-                    const __m128 v = _mm_set1_ps(kr * xa * x[b]);
+                    const __m128 v = ones ? vkr : _mm_set1_ps(kr * xa * x[b]);
                     for (d = 0; d < k; d += 4) {
                         __m128 W1 = _mm_loadu_ps(w1 + d), W2 = _mm_loadu_ps(w2 + d);
                         __m128 G1 = _mm_loadu_ps(w1 + k + d), G2 = _mm_loadu_ps(w2 + k + d);
