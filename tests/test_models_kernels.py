@@ -227,3 +227,19 @@ def test_score_candidates_with_empty_context_or_candidates(model_type):
     empty = scoring.score_candidates(params, cf[:2], cj[:2], cx[:2], np.zeros(1, dtype=np.int64), none, none,
                                      np.empty(0, dtype=np.float32))
     assert empty.shape == (0,)
+
+
+@pytest.mark.parametrize("k", [4, 8])
+def test_one_hot_rows_equal_reference(k):
+    """All-ones values take a separate k=4 code path (no value products)."""
+    X = make_matrix(300, n_fields=9, card=11, seed=5, missing=0.2)
+    assert np.all(X.values == 1.0)
+    params = random_params("ffm", X.n_features, X.n_fields, k, seed=1)
+    np.testing.assert_allclose(scoring.predict_logits(params, X), reference.logits(params, X), atol=1e-5)
+    rng = np.random.default_rng(2)
+    ctx_f, ctx_j, _, indptr, cf, cj, _ = _request(rng, 9, X.n_features, 5, 7, 3)
+    got = scoring.score_candidates(params, ctx_f, ctx_j, np.ones(len(ctx_f), dtype=np.float32), indptr, cf, cj,
+                                   np.ones(len(cf), dtype=np.float32))
+    want = [reference.row_logit(params, np.concatenate([ctx_f, cf[lo:hi]]), np.concatenate([ctx_j, cj[lo:hi]]),
+                                np.ones(len(ctx_f) + hi - lo)) for lo, hi in zip(indptr[:-1], indptr[1:])]
+    np.testing.assert_allclose(got, 1 / (1 + np.exp(-np.array(want))), atol=1e-6)
