@@ -12,6 +12,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import sys
 import time
 from contextlib import asynccontextmanager
 from typing import Any
@@ -244,6 +245,10 @@ def create_app(config: ServingConfig, *, loader: ServingLoader | None = None,
     async def lifespan(app: Starlette):
         service.ids.reseed()  # distinct per worker process (lifespan runs after fork)
         if start_background:
+            # The log writer and the watcher are CPU-bound Python threads. With the default 5 ms GIL
+            # switch interval, every socket call of the event loop can wait up to 5 ms to get the
+            # GIL back from them (the "convoy effect"); 0.5 ms bounds that wait.
+            sys.setswitchinterval(min(sys.getswitchinterval(), config.server.gil_switch_interval))
             import anyio
             if loader.state is None:
                 await anyio.to_thread.run_sync(loader.reload)

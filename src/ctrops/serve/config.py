@@ -55,6 +55,7 @@ class ServerConfig:
     admin_token: str | None = None
     admin_token_env: str = "CTROPS_ADMIN_TOKEN"
     shutdown_timeout: float = 30.0
+    gil_switch_interval: float = 0.0005  # seconds; see app.lifespan (background threads vs the event loop)
 
     def resolved_admin_token(self) -> str | None:
         """The token from the environment variable wins over the file (keep secrets out of YAML)."""

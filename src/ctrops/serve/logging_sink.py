@@ -259,7 +259,9 @@ class PredictionLog:
 
     def _write_jsonl(self, batch: list[RequestLog]) -> int:
         lines: list[str] = []
-        for e in batch:
+        for i, e in enumerate(batch):
+            if i % _CHUNK == _CHUNK - 1:
+                time.sleep(0)  # a yield point for the request thread
             head = (f'{{"schema":{SCHEMA_VERSION},"ts_ms":{e.ts_ms},"request_id":{_json_str(e.request_id)},'
                     f'"unit_id":{_json_str(e.unit_id)},"experiment":{_json_str(e.experiment)},'
                     f'"arm":{_json_str(e.arm)},"model_name":{_json_value(e.model_name)},'
@@ -278,10 +280,36 @@ class PredictionLog:
         return len(lines)
 
     def _write_parquet(self, batch: list[RequestLog]) -> int:
-        """Columns built per batch with NumPy/Arrow gathers; Python work is per request, not per record."""
+        """Build small tables (short GIL holds), then write them in one call that releases the GIL."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        tables = []
+        for start in range(0, len(batch), _CHUNK):
+            tables.append(self._build_table(batch[start:start + _CHUNK]))
+            time.sleep(0)  # a yield point: the request thread gets the GIL between chunks
+        total = 0
+        group: list = []
+        for table in tables + [None]:
+            if group and (table is None or not table.schema.equals(group[0].schema)):
+                merged = pa.concat_tables(group)
+                if self._parquet is not None and not self._parquet.schema.equals(merged.schema):
+                    self._close_files()  # passthrough keys or types changed: a new file with the new schema
+                    self._open()
+                if self._parquet is None:
+                    self._parquet = pq.ParquetWriter(self._file, merged.schema, compression="zstd",
+                                                     compression_level=1, use_dictionary=_DICTIONARY_COLUMNS)
+                self._parquet.write_table(merged)
+                total += merged.num_rows
+                group = []
+            if table is not None:
+                group.append(table)
+        return total
+
+    def _build_table(self, batch: list[RequestLog]):
+        """Columns built per chunk with NumPy/Arrow gathers; Python work is per request, not per record."""
         import pyarrow as pa
         import pyarrow.compute as pc
-        import pyarrow.parquet as pq
 
         counts = np.fromiter((len(e.order) for e in batch), dtype=np.int64, count=len(batch))
         total = int(counts.sum())
@@ -317,15 +345,7 @@ class PredictionLog:
             "rank": pa.array(np.concatenate([_RANKS[:c] for c in counts.tolist()])),
             "candidate_passthrough": cp,
         }
-        table = pa.table(columns, schema=parquet_schema(rp.type, cp.type))
-        if self._parquet is not None and not self._parquet.schema.equals(table.schema):
-            self._close_files()  # passthrough keys or types changed: a new file with the new schema
-            self._open()
-        if self._parquet is None:
-            self._parquet = pq.ParquetWriter(self._file, table.schema, compression="zstd", compression_level=1,
-                                            use_dictionary=_DICTIONARY_COLUMNS)
-        self._parquet.write_table(table)
-        return total
+        return pa.table(columns, schema=parquet_schema(rp.type, cp.type))
 
     def _write_debug(self, records: list[dict]) -> None:
         if self._debug_file is None:
@@ -335,6 +355,7 @@ class PredictionLog:
         self._debug_file.flush()
 
 
+_CHUNK = 16  # requests per build step of the writer: bounds how long it holds the GIL at a stretch
 # low-cardinality columns only: dictionary-encoding unique ids costs CPU and saves nothing
 _DICTIONARY_COLUMNS = ["schema", "experiment", "arm", "model_name", "model_version", "request_id", "unit_id"]
 _RANKS = np.arange(1, MAX_CANDIDATES + 1, dtype=np.int32)
