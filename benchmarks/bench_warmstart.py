@@ -32,6 +32,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 GEN = "/work/shared/bench/gen_criteo_like.py"
+REUSE = "--reuse" in sys.argv
 
 
 def make_week(out: Path, rows: int, week: int, seed: int) -> tuple[str, str]:
@@ -65,6 +66,17 @@ def run_study(args: tuple) -> tuple[str, int, list[float], float]:
     mode, rep, train, valid, n_trials, source_db, out, epochs = args
     from ctrops.tune import Objective, TuningData, load_source_trials, space_for, tune
 
+    db = Path(out) / f"{mode}_{rep}.db"
+    if REUSE and db.exists():  # re-analyse a finished run without re-training
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = optuna.load_study(study_name=None, storage=f"sqlite:///{db}")
+        done = sorted((t for t in study.trials if t.value is not None), key=lambda t: t.number)
+        if len(done) >= n_trials:
+            return mode, rep, [t.value for t in done][:n_trials], sum(
+                (t.datetime_complete - t.datetime_start).total_seconds() for t in done[:n_trials])
+
     space = space_for("ffm")
     obj = Objective("ffm", TuningData(train, valid), space,
                     fixed={"epochs": epochs, "patience": 1, "n_threads": 1, "seed": 0})
@@ -92,6 +104,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--out", default="bench-out/warmstart")
     ap.add_argument("--procs", type=int, default=2)
+    ap.add_argument("--tol", type=float, default=5e-4,
+                    help="secondary criterion: trials to get within TOL of cold's best")
+    ap.add_argument("--reuse", action="store_true", help="reuse finished studies in --out (re-analysis)")
     a = ap.parse_args()
     rows = a.rows or (20_000 if a.quick else 50_000)
     reps = a.reps or (2 if a.quick else 5)
@@ -99,8 +114,12 @@ def main() -> None:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    w0 = make_week(out, rows, 0, a.seed)
-    w1 = make_week(out, rows, 1, a.seed)
+    if a.reuse and (out / "week1_valid" / "meta.json").exists():
+        w0 = (str(out / "week0_train"), str(out / "week0_valid"))
+        w1 = (str(out / "week1_train"), str(out / "week1_valid"))
+    else:
+        w0 = make_week(out, rows, 0, a.seed)
+        w1 = make_week(out, rows, 1, a.seed)
     print(f"data: {rows} rows/week (80/20 split), encoded in {time.perf_counter() - t0:.1f}s", flush=True)
 
     with ProcessPoolExecutor(max_workers=a.procs) as pool:
@@ -125,6 +144,17 @@ def main() -> None:
         cold_counts.append(trials_to_reach(cold, target))
         print(f"{r:>3} {target:>14.5f} {min(warm):>14.5f} {('>' + str(warm_n)) if n is None else n:>11} "
               f"{cold_counts[-1]:>11} {cold[0]:>9.5f}")
+    near = []
+    for r in range(reps):
+        cold, warm = by[("cold", r)][0], by[("warm", r)][0]
+        n = trials_to_reach(warm, min(cold) + a.tol)
+        near.append(n if n is not None else warm_n + 1)
+    for at in (5, 10, 15):
+        c = statistics.median(min(by[("cold", r)][0][:at]) for r in range(reps))
+        w = statistics.median(min(by[("warm", r)][0][:at]) for r in range(reps))
+        print(f"median best after {at:>2} trials: cold TPE {c:.5f}, warm CMA-ES {w:.5f}")
+    print(f"secondary: median trials for warm to get within {a.tol:g} of cold's {cold_n}-trial best: "
+          f"{statistics.median(near):g}")
     med = statistics.median(counts)
     med_cold = statistics.median(cold_counts)
     trial_s = statistics.median([s / len(v) for v, s in by.values()])
