@@ -49,12 +49,21 @@ def build_model(values_per_field: int, tmp: Path, seed: int = 0):
     return names, vocab, path
 
 
-def make_requests(names, vocab, n_requests: int, seed: int = 1):
+def make_requests(names, vocab, n_requests: int, seed: int = 1, popularity: str = "zipf"):
+    """Requests whose values follow ad-traffic popularity (Zipf, a=1.1) or, as a cold-cache
+    worst case, a uniform draw over the whole vocabulary."""
     rng = np.random.default_rng(seed)
+    n = len(vocab)
+    if popularity == "zipf":
+        weights = 1.0 / np.arange(1, n + 1) ** 1.1
+        cdf = np.cumsum(weights / weights.sum())
+        pick = lambda: int(min(np.searchsorted(cdf, rng.random()), n - 1))
+    else:
+        pick = lambda: int(rng.integers(n))
     reqs = []
     for _ in range(n_requests):
         def value():  # 3% of values unseen in training: they fall to the field's rare index
-            return f"new{rng.integers(1 << 30)}" if rng.random() < 0.03 else str(vocab[rng.integers(len(vocab))])
+            return f"new{rng.integers(1 << 30)}" if rng.random() < 0.03 else str(vocab[pick()])
         ctx = {n: value() for n in names[:N_CTX]}
         cands = [{n: value() for n in names[N_CTX:]} for _ in range(N_CAND)]
         reqs.append((ctx, cands))
@@ -118,6 +127,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--repeats", type=int, default=3000)
+    ap.add_argument("--popularity", choices=("zipf", "uniform"), default="zipf",
+                    help="value popularity: zipf (ad traffic) or uniform (every request cold in cache)")
     a = ap.parse_args()
     per_field = 2_600 if a.quick else 25_640  # 39 fields x 25,640 ~ 1e6 features
     with tempfile.TemporaryDirectory() as d:
@@ -125,7 +136,7 @@ def main() -> None:
         names, vocab, path = build_model(per_field, Path(d))
         predictor = Predictor.from_file(path)
         build_s = time.perf_counter() - t0
-        reqs = make_requests(names, vocab, 200)
+        reqs = make_requests(names, vocab, 200, popularity=a.popularity)
         base = NumpyScorer(predictor, names, vocab)
         ours_full = lambda c, x: predictor.score(c, x)
         pre = [predictor.encode(c, x) for c, x in reqs]
@@ -150,9 +161,11 @@ def main() -> None:
             "numpy_request_us": median_us(base.score, reqs, max(300, a.repeats // 10)),
             "numpy_scoring_only_us": median_us(base_kernel, idx_reqs, max(300, a.repeats // 10)),
         }
+    res["popularity"] = a.popularity
     res["speedup_request"] = res["numpy_request_us"] / res["ctrops_request_us"]
     res["speedup_scoring"] = res["numpy_scoring_only_us"] / res["ctrops_kernel_only_us"]
-    print(f"features {res['n_features']:,}, model {res['model_bytes'] / 1e6:.0f} MB, agree to {worst:.1e}")
+    print(f"features {res['n_features']:,}, model {res['model_bytes'] / 1e6:.0f} MB, values {a.popularity}, "
+          f"agree to {worst:.1e}")
     print(f"request (lookup + scoring), 100 candidates: ctrops {res['ctrops_request_us']:.0f} us  "
           f"numpy {res['numpy_request_us']:.0f} us  -> {res['speedup_request']:.1f}x   (target < 150 us)")
     print(f"scoring pre-encoded request:                 ctrops {res['ctrops_kernel_only_us']:.0f} us  "
