@@ -103,7 +103,8 @@ def main() -> None:
                 print(f"ctrops vs {name}: {c['rps'] / b['rps']:.1f}x throughput, p99 {b['p99_ms'] / c['p99_ms']:.1f}x lower")
     results["loadavg_end"] = os.getloadavg()
     print(f"machine load average (1, 5, 15 min) at start {results['loadavg_start']}, at end {results['loadavg_end']}")
-    out = w.OUT / f"bench_serve_compare{'-quick' if args.quick else ''}.json"
+    tag = f"{args.runtime}-{args.only.replace(',', '-')}{'-quick' if args.quick else ''}"
+    out = w.OUT / f"bench_serve_compare-{tag}.json"
     out.write_text(json.dumps(results, indent=2))
     print(json.dumps({k: v for k, v in results.items() if k.startswith("vs_")}))
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import random
 import threading
 import time
 from dataclasses import dataclass, field
@@ -32,6 +34,7 @@ from ctrops.experiments.assign import Assigner
 from ctrops.experiments.definition import Arm, ExperimentDefinition
 
 log = logging.getLogger("ctrops.serve.loader")
+WATCHER_NICENESS = 10
 
 
 class VersionRefused(ModelFileError):
@@ -334,5 +337,12 @@ class ServingLoader:
             self._thread = None
 
     def _watch(self) -> None:
-        while not self._stop.wait(self.poll_seconds):
+        # Validating a new version hashes and scans the whole file (hundreds of MB): at a lower CPU
+        # priority (Linux niceness is per thread) it yields the cores to the request threads.
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WATCHER_NICENESS)
+        except (AttributeError, OSError):
+            pass
+        jitter = random.Random()  # workers poll out of step, so they do not all validate at once
+        while not self._stop.wait(self.poll_seconds * (1 + 0.5 * jitter.random())):
             self.reload()
