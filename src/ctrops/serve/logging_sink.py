@@ -34,6 +34,7 @@ from ctrops.serve.tracking import MAX_CANDIDATES, SUFFIXES
 log = logging.getLogger("ctrops.serve.log")
 
 SCHEMA_VERSION = 1
+WRITER_NICENESS = 5
 FORMATS = ("jsonl", "parquet")
 
 
@@ -148,6 +149,10 @@ class PredictionLog:
 
     # ---- writer thread ------------------------------------------------------------------------
     def _run(self) -> None:
+        try:  # below the request threads (Linux niceness is per thread); the bounded queue absorbs bursts
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WRITER_NICENESS)
+        except (AttributeError, OSError):
+            pass
         while True:
             self._wake.wait(self.config.flush_seconds)
             self._wake.clear()
