@@ -110,11 +110,11 @@ def test_refused_candidate_is_registered_but_not_promoted_and_resume_reuses_step
     client, _ = _client(cfg)
     production_before = int(client.get_model_version_by_alias("ctr-test", "production").version)
     assert production_before == (2 if ok.gate_passed else 1)
-    # a gate nobody can pass: re-run from the gate, earlier outputs reused
+    # a gate nobody can pass: re-run from evaluate (production may have moved), earlier outputs reused
     strict["gate"] = {"calibration_band": [0.9999, 1.0001]}
-    res = run_pipeline(strict, from_step="gate")
+    res = run_pipeline(strict, from_step="evaluate")
     assert res.ok and res.parent_run_id == ok.parent_run_id
-    assert [s.status for s in res.steps[:4]] == ["reused"] * 4
+    assert [s.status for s in res.steps[:3]] == ["reused"] * 3
     assert res.gate_passed is False and not res.promoted and res.version == 3
     assert any("calibration" in r.lower() for r in res.step("gate").outputs["reasons"])
     assert int(client.get_model_version_by_alias("ctr-test", "candidate").version) == 3
@@ -148,3 +148,15 @@ def test_shard_training_through_the_pipeline(first_run, tmp_path):
     assert report["single_valid_loss"] == pytest.approx(res.step("tune").outputs["best_value"])
     assert abs(report["averaged_valid_loss"] - report["single_valid_loss"]) < 0.05
     assert res.step("train").outputs["valid_log_loss"] == pytest.approx(report["averaged_valid_loss"])
+
+
+def test_resuming_the_gate_after_production_moved_is_refused(first_run, tmp_path):
+    tmp, cfg, _ = first_run
+    run = {**cfg, "run_dir": str(tmp_path / "run"), "tune": {**cfg["tune"], "enabled": False},
+           "gate": {"max_logloss_regression": 1.0, "max_auc_regression": 1.0, "calibration_band": [0.1, 10.0]}}
+    first = run_pipeline(run, from_step=None)
+    assert first.ok and first.promoted
+    again = run_pipeline(run, from_step="gate")  # its evaluation compared against the previous production
+    assert not again.ok and again.failed_step == "gate" and "--from evaluate" in again.error
+    client, _ = _client(cfg)
+    assert int(client.get_model_version_by_alias("ctr-test", "production").version) == first.version

@@ -443,7 +443,14 @@ def gate_step(ctx: StepContext) -> dict[str, Any]:
     from ctrops.pipeline.evaluate import EvaluationReport
     from ctrops.pipeline.gate import GateConfig, evaluate_gate
 
+    from ctrops.registry.aliases import production_version
+
     ev = ctx.out("evaluate")
+    current = production_version(ctx.client, ctx.config.name)
+    if current != ev.get("production_version"):
+        # a resumed run must not compare against a production model that has since been replaced
+        raise ConfigError(f"production is v{current} but the saved evaluation compared against "
+                          f"v{ev.get('production_version')}; re-run with --from evaluate")
 
     def report(path: str | None) -> EvaluationReport | None:
         if path is None:
