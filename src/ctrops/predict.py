@@ -32,7 +32,8 @@ class Predictor:
         from ctrops.models import scoring
 
         self._model = model
-        self.params = model.params
+        # float16 files load as float16 views: convert once here, not on every request
+        self.params = scoring.as_native(model.params)
         self.metadata: dict = dict(model.metadata)
         self.encoder = FeatureEncoder.from_header(model.encoder_header, model.encoder_arrays)
         self.model_version: int | None = version if version is not None else _int_or_none(
