@@ -37,7 +37,11 @@ from ctrops.models.estimators import FFM
 from ctrops.models.metrics import log_loss
 
 GEN = Path("/work/shared/bench/gen_criteo_like.py")
-BASE_PY = Path("/tmp/basevenv/bin/python")
+# the baselines' own virtualenv: benchmarks/setup_baselines.sh builds it
+BASE_PY = Path(os.environ.get("CTROPS_BASELINE_PYTHON") or next(
+    (str(p) for p in (Path(__file__).resolve().parents[1] / "bench-out/baselines-venv/bin/python",
+                      Path("/tmp/basevenv/bin/python")) if p.exists()),
+    "bench-out/baselines-venv/bin/python"))
 N_INT, N_CAT = 13, 26
 N_FIELDS = N_INT + N_CAT
 HASH_SPACE = 1_000_000
