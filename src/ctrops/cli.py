@@ -68,7 +68,8 @@ def train(
     patience: int = typer.Option(2, "--patience", help="epochs without improvement before stopping"),
     no_early_stopping: bool = typer.Option(False, "--no-early-stopping"),
     no_norm: bool = typer.Option(False, "--no-norm", help="disable instance-wise normalization"),
-    no_linear: bool = typer.Option(False, "--no-linear", help="FFM/FM without linear terms and bias (as LIBFFM)"),
+    linear: bool = typer.Option(False, "--linear/--no-linear", help="FFM/FM linear terms (off: they overfit, see README)"),
+    bias: bool = typer.Option(True, "--bias/--no-bias", help="global bias (LIBFFM has none)"),
     threads: int = typer.Option(1, "--threads"),
     seed: int = typer.Option(0, "--seed"),
     indexing: Indexing = typer.Option(Indexing.vocab, "--indexing", help="vocab (compact) or hash"),
@@ -84,8 +85,8 @@ def train(
     from ctrops.workflows.train import TrainOptions, train_files
 
     opts = TrainOptions(model=model.value, k=k, eta=eta, alpha=alpha, l2=l2, l1=l1, epochs=epochs,
-                        threads=threads, seed=seed, normalize=not no_norm, linear=not no_linear,
-                        bias=not no_linear, early_stopping=not no_early_stopping, patience=patience,
+                        threads=threads, seed=seed, normalize=not no_norm, linear=linear,
+                        bias=bias, early_stopping=not no_early_stopping, patience=patience,
                         indexing=indexing.value, min_count=min_count, hash_space=hash_space,
                         max_bytes=max_bytes, weight_dtype="float16" if float16 else "float32",
                         cache_dir=str(cache_dir) if cache_dir else None)

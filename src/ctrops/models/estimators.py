@@ -310,7 +310,10 @@ class _FactorizationMachine(_Estimator):
     the step would cross zero. Because frequent features are updated many times
     per epoch, useful `l1` values are small (about 1e-4 to 1e-3 on Criteo-like
     data). `linear` and `bias` add AdaGrad-trained first-order terms (xLearn
-    style); LIBFFM has neither. `normalize` scales the pairwise term by
+    style); LIBFFM has neither. `linear` is off by default: the linear term is
+    not scaled by the row's normalization, so its full AdaGrad steps overfit
+    rare features (1M Criteo-shaped rows: bias only 0.43404, linear + bias
+    0.45089, neither 0.43507 validation log loss; benchmarks/bench_xlearn.py). `normalize` scales the pairwise term by
     1 / sum(x^2) of the row. `n_threads` > 1 trains lock-free over rows
     (Hogwild, as LIBFFM), which is not bit-reproducible; one thread is.
     `history_` holds per epoch: epoch, train_loss (measured before each row's
@@ -318,7 +321,7 @@ class _FactorizationMachine(_Estimator):
     """
 
     def __init__(self, k: int = 4, eta: float = 0.2, l2: float = 2e-5, l1: float = 0.0, epochs: int = 20,
-                 normalize: bool = True, linear: bool = True, bias: bool = True, early_stopping: bool = True,
+                 normalize: bool = True, linear: bool = False, bias: bool = True, early_stopping: bool = True,
                  patience: int = 2, n_threads: int = 1, seed: int = 0, verbose: bool = False) -> None:
         self.k = k
         self.eta = eta

@@ -40,7 +40,7 @@ class TrainOptions:
     threads: int = 1
     seed: int = 0
     normalize: bool = True
-    linear: bool = True
+    linear: bool = False  # see FFM's docstring: unscaled linear terms overfit
     bias: bool = True
     early_stopping: bool = True
     patience: int = 2
