@@ -1,4 +1,4 @@
-"""ctrops FFM (with linear terms and bias) against xLearn 0.40 FFM, on the same LIBFFM files, in one run.
+"""ctrops FFM (default: bias, no linear terms; --linear adds them) against xLearn 0.40 FFM, same files, one run.
 
 Data: Criteo-shaped rows from /work/shared/bench/gen_criteo_like.py (--seed 7);
 the first --rows rows of --data are used, the first 5/6 train and the last 1/6
@@ -13,7 +13,7 @@ Models (one thread each, run one after the other, never at the same time):
   xLearn   create_ffm(), task binary, lr 0.2, lambda 2e-5, k 4, adagrad,
            instance-wise normalization (its default), metric none (so early
            stopping watches the validation log loss), stop_window 2, nthread 1.
-  ctrops   FFM(k=4, eta=0.2, l2=2e-5, linear=True, bias=True, normalize=True,
+  ctrops   FFM(k=4, eta=0.2, l2=2e-5, linear=--linear, bias=True, normalize=True,
            early_stopping=True, patience 2, n_threads=1).
 Both run up to --epochs epochs (15) with early stopping on the validation
 file and keep their best epoch's weights (xLearn: stops after the validation
@@ -212,11 +212,11 @@ def run_xlearn(info: dict, epochs: int) -> dict:
             "process_wall_seconds": wall, "pred": p}
 
 
-def run_ctrops(info: dict, epochs: int):
+def run_ctrops(info: dict, epochs: int, linear: bool):
     kw = dict(n_fields=info["n_fields"], n_features=info["n_features"], rejects=False)
     X_tr, _ = load_dataset(info["train"], "libffm", **kw)
     X_va, _ = load_dataset(info["valid"], "libffm", **kw)
-    model = FFM(k=K, eta=ETA, l2=L2, linear=True, bias=True, normalize=True, epochs=epochs,
+    model = FFM(k=K, eta=ETA, l2=L2, linear=linear, bias=True, normalize=True, epochs=epochs,
                 early_stopping=True, n_threads=1, seed=0)
     t0 = time.perf_counter()
     model.fit(X_tr, X_va)
@@ -233,6 +233,8 @@ def main() -> None:
     ap.add_argument("--min-count", type=int, default=10, help="converter's min_count (default %(default)s)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 100k rows, 3 epochs")
     ap.add_argument("--fresh", action="store_true", help="rewrite the LIBFFM files even when reusable")
+    ap.add_argument("--linear", action="store_true",
+                    help="ctrops with linear terms too (xLearn's model shape; off by default in ctrops)")
     a = ap.parse_args()
     rows = a.rows or (100_000 if a.quick else 1_200_000)
     epochs = a.epochs or (3 if a.quick else 15)
@@ -252,7 +254,7 @@ def main() -> None:
     print("running xLearn ...", flush=True)
     xl = run_xlearn(info, epochs)
     print("running ctrops ...", flush=True)
-    model, y, p_ct, ct_fit_s, (n_tr, n_va, nnz) = run_ctrops(info, epochs)
+    model, y, p_ct, ct_fit_s, (n_tr, n_va, nnz) = run_ctrops(info, epochs, a.linear)
     if len(xl["pred"]) != len(y):
         raise SystemExit(f"xLearn wrote {len(xl['pred'])} predictions for {len(y)} validation rows")
 
@@ -269,7 +271,8 @@ def main() -> None:
     print()
     print(f"{'tool':<28}{'best valid log loss':>21}{'best epoch':>12}{'epochs run':>12}{'median s/epoch':>16}")
     print(f"{'xLearn 0.40 FFM':<28}{xl_loss:>21.5f}{xl['best_epoch']:>12d}{xl['epochs_run']:>12d}{xl_med:>16.2f}")
-    print(f"{'ctrops FFM (linear, bias)':<28}{ct_loss:>21.5f}{model.best_epoch_:>12d}{len(hist):>12d}{ct_med:>16.2f}")
+    label = "ctrops FFM (linear, bias)" if a.linear else "ctrops FFM (bias; default)"
+    print(f"{label:<28}{ct_loss:>21.5f}{model.best_epoch_:>12d}{len(hist):>12d}{ct_med:>16.2f}")
     print(f"ratio ctrops/xLearn: log loss {ct_loss / xl_loss:.4f} (difference {ct_loss - xl_loss:+.5f}), "
           f"seconds per epoch {ct_med / xl_med:.3f} (xLearn/ctrops speed-up {xl_med / ct_med:.2f}x)")
     print(f"target (ctrops log loss <= xLearn's): {'MET' if ct_loss <= xl_loss else 'NOT MET'}")
@@ -292,7 +295,7 @@ def main() -> None:
         "xlearn": {"valid_logloss": xl_loss, "best_epoch": xl["best_epoch"], "epochs_run": xl["epochs_run"],
                    "median_s_per_epoch": xl_med, "epoch_seconds": xl["epoch_seconds"],
                    "valid_loss_printed": xl["valid_loss_printed"]},
-        "ctrops": {"valid_logloss": ct_loss, "best_epoch": int(model.best_epoch_), "epochs_run": len(hist),
+        "ctrops": {"linear": a.linear, "valid_logloss": ct_loss, "best_epoch": int(model.best_epoch_), "epochs_run": len(hist),
                    "median_s_per_epoch": ct_med, "median_train_only_s": statistics.median(ct_train_s),
                    "epoch_seconds": ct_epoch_s, "valid_loss": [h["valid_loss"] for h in hist]},
         "ratio_logloss_ctrops_over_xlearn": ct_loss / xl_loss,
