@@ -62,6 +62,17 @@ class RichProgress:
             self._progress = None
 
 
+def bytes_callback(sink: ProgressSink):
+    """Adapt a sink to the readers' `progress(bytes_done, bytes_total, rows)` callback."""
+    last = [0]
+
+    def on_progress(done_bytes: int, total: int | None, rows: int) -> None:
+        sink.advance(done_bytes - last[0], note=f"{rows:,} rows")
+        last[0] = done_bytes
+
+    return on_progress
+
+
 @contextlib.contextmanager
 def task(sink: ProgressSink, description: str, total: float | None) -> Iterator[ProgressSink]:
     sink.start(description, total)

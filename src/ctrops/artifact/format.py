@@ -33,6 +33,7 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
+from ctrops.jsonable import to_jsonable
 from ctrops.errors import ModelFileError
 from ctrops.models.params import MODEL_TYPES, ModelParams
 
@@ -121,14 +122,6 @@ def _first_nonfinite(arr: np.ndarray) -> int | None:
     return None  # the sum overflowed but every value is finite
 
 
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
 def _field_names(params: ModelParams, encoder_header: Mapping[str, Any], metadata: Mapping[str, Any]) -> list[str]:
@@ -193,7 +186,7 @@ def _plan(header: dict, arrays: dict[str, np.ndarray], *, hash_sections: bool = 
                                "shape": list(s.shape), "sha256": s.sha256} for s in sections]
         header["file_size"] = file_size
         blob = json.dumps(header, sort_keys=True, separators=(",", ":"), allow_nan=False,
-                          default=_json_default).encode("utf-8")
+                          default=to_jsonable).encode("utf-8")
         needed = _align(PREAMBLE_SIZE + len(blob))
         if needed == data_start:
             return blob, sections, file_size

@@ -147,11 +147,9 @@ def _small_rows(params: ModelParams, threshold: float) -> np.ndarray:
 
 
 def _log_loss(y: np.ndarray, logit: np.ndarray, weights: np.ndarray | None) -> float:
-    """Mean log loss from logits (computed from the logit directly: no clipping needed)."""
-    z = np.asarray(logit, dtype=np.float64)
-    # -log sigmoid(z) = logaddexp(0, -z);  -log(1 - sigmoid(z)) = logaddexp(0, z)
-    loss = np.where(np.asarray(y) > 0.5, np.logaddexp(0.0, -z), np.logaddexp(0.0, z))
-    return float(np.average(loss, weights=weights))
+    from ctrops.models.metrics import log_loss_from_logits
+
+    return log_loss_from_logits(y, logit, weights)
 
 
 def _logits(params: ModelParams, X: FieldMatrix) -> np.ndarray:

@@ -28,6 +28,7 @@ import numpy as np
 from ctrops.data.matrix import FieldMatrix
 from ctrops.errors import ConfigError, DataError
 from ctrops.models import _ffm
+from ctrops.models.metrics import log_loss_from_logits
 from ctrops.models.params import ModelParams
 
 Callback = Callable[[int, dict], "bool | None"]
@@ -74,9 +75,7 @@ def check_matrix(X: Any, *, what: str, n_fields: int | None = None, n_features: 
 
 
 def _log_loss_of_logits(z: np.ndarray, y: np.ndarray, w: np.ndarray | None) -> float:
-    """Mean log loss computed from logits (stable for any z)."""
-    losses = np.logaddexp(0.0, np.where(y > 0.5, -z, z))
-    return float(np.average(losses, weights=w))
+    return log_loss_from_logits(y, z, w)
 
 
 @dataclass

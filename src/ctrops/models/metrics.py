@@ -42,6 +42,16 @@ def log_loss(y, p, weights=None) -> float:
     return float(np.average(losses, weights=w))
 
 
+def log_loss_from_logits(y, z, weights=None) -> float:
+    """Mean log loss from logits, exact for any z (no clipping); unvalidated, for per-epoch hot paths.
+
+    -log sigmoid(z) = logaddexp(0, -z) and -log(1 - sigmoid(z)) = logaddexp(0, z).
+    """
+    z = np.asarray(z, dtype=np.float64)
+    losses = np.logaddexp(0.0, np.where(np.asarray(y) > 0.5, -z, z))
+    return float(np.average(losses, weights=weights))
+
+
 def roc_auc(y, p) -> float:
     """Area under the ROC curve from ranks (Mann-Whitney U), tied scores count half.
 

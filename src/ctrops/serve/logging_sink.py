@@ -28,6 +28,7 @@ from typing import Any, Callable, NamedTuple
 import fsspec
 import numpy as np
 
+from ctrops.jsonable import to_jsonable
 from ctrops.errors import ConfigError
 from ctrops.serve.tracking import MAX_CANDIDATES, SUFFIXES
 
@@ -356,7 +357,7 @@ class PredictionLog:
         if self._debug_file is None:
             self._debug_paths = self._new_name("debug", "jsonl")
             self._debug_file = self._fs.open(self._debug_paths[1], "wb")
-        self._debug_file.write("".join(json.dumps(r, default=_json_default) + "\n" for r in records).encode())
+        self._debug_file.write("".join(json.dumps(r, default=to_jsonable) + "\n" for r in records).encode())
         self._debug_file.flush()
 
 
@@ -472,9 +473,3 @@ def parquet_schema(passthrough_type=None, candidate_passthrough_type=None):
     ])
 
 
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, np.generic):
-        return obj.item()
-    raise TypeError(f"cannot log {type(obj).__name__}")

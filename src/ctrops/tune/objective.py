@@ -40,11 +40,14 @@ def make_model(model_type: str, params: Mapping[str, Any]) -> Any:
 
 
 def log_loss(y: np.ndarray, p: np.ndarray, weights: np.ndarray | None = None) -> float:
-    """Mean (optionally weighted) binary log loss with probabilities clipped away from 0 and 1."""
-    p = np.clip(np.asarray(p, dtype=np.float64), 1e-15, 1 - 1e-15)
-    y = np.asarray(y, dtype=np.float64)
-    losses = -(y * np.log(p) + (1.0 - y) * np.log1p(-p))
-    return float(np.average(losses, weights=weights))
+    """`metrics.log_loss`, except that a diverged trial (non-finite predictions) scores NaN
+    instead of raising, so Optuna records it as failed and the study goes on."""
+    from ctrops.models import metrics
+
+    p = np.asarray(p, dtype=np.float64)
+    if not np.all(np.isfinite(p)):
+        return float("nan")
+    return metrics.log_loss(y, p, weights)
 
 
 def labels_of(data: Any, label_column: str = "label") -> tuple[np.ndarray, np.ndarray | None]:

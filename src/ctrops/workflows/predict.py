@@ -13,7 +13,7 @@ from ctrops.data.dataset import load_dataset
 from ctrops.data.features import FeatureEncoder
 from ctrops.data.matrix import FieldMatrix
 from ctrops.errors import ConfigError
-from ctrops.progress import ProgressSink, SilentProgress
+from ctrops.progress import ProgressSink, SilentProgress, bytes_callback
 from ctrops.workflows.train import PREBUILT_INDEXING
 
 
@@ -63,14 +63,8 @@ def predict_file(model_path: str, input_path: str, out: str, *, fmt: str, thread
         encoder = FeatureEncoder.from_header(header, model.encoder_arrays)
     size = os.path.getsize(input_path) if os.path.exists(input_path) else None
     progress.start("reading input", size)
-    seen = [0]
-
-    def on_progress(done: int, total: int | None, rows: int) -> None:
-        progress.advance(done - seen[0], note=f"{rows:,} rows")
-        seen[0] = done
-
     try:
-        X, read = load_dataset(input_path, fmt, encoder=encoder, progress=on_progress, n_threads=threads)
+        X, read = load_dataset(input_path, fmt, encoder=encoder, progress=bytes_callback(progress), n_threads=threads)
     finally:
         progress.finish()
     params = model.params

@@ -16,12 +16,13 @@ from typing import Any
 
 import numpy as np
 
+from ctrops.jsonable import to_jsonable
 from ctrops.data.dataset import ReadReport, load_dataset
 from ctrops.data.features import FeatureEncoder
 from ctrops.data.matrix import FieldMatrix
 from ctrops.data.spec import FieldSpec
 from ctrops.errors import ConfigError, DataError
-from ctrops.progress import ProgressSink, SilentProgress
+from ctrops.progress import ProgressSink, SilentProgress, bytes_callback
 
 PREBUILT_INDEXING = "prebuilt"  # LIBFFM text: rows arrive already indexed, no raw-value encoder
 
@@ -80,15 +81,9 @@ def _read(path: str, fmt: str, encoder: FeatureEncoder | None, opts: TrainOption
           progress: ProgressSink, what: str) -> tuple[FieldMatrix, ReadReport]:
     size = os.path.getsize(path) if "://" not in path and os.path.exists(path) else None
     progress.start(f"reading {what}", size)
-    last = [0]
-
-    def on_progress(done_bytes: int, total: int | None, rows: int) -> None:
-        progress.advance(done_bytes - last[0], note=f"{rows:,} rows")
-        last[0] = done_bytes
-
     try:
         return load_dataset(path, fmt, encoder=encoder if fmt != "libffm" else None,
-                            cache_dir=opts.cache_dir, progress=on_progress, n_threads=opts.threads)
+                            cache_dir=opts.cache_dir, progress=bytes_callback(progress), n_threads=opts.threads)
     finally:
         progress.finish()
 
@@ -190,7 +185,7 @@ def train_files(train_path: str, out: str, *, fmt: str, valid_path: str | None =
                    "peak_rss_bytes": peak_rss_bytes()})
     if report_path:
         Path(report_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(report_path).write_text(json.dumps(report, indent=2, default=_json_default))
+        Path(report_path).write_text(json.dumps(report, indent=2, default=to_jsonable))
     return TrainResult(model_path=Path(info.path), report=report, estimator=est, encoder=encoder, valid=valid)
 
 
@@ -200,11 +195,3 @@ def _widen(X: FieldMatrix, n_fields: int, n_features: int) -> FieldMatrix:
     return FieldMatrix(X.indptr, X.fields, X.indices, X.values, X.labels, n_fields, n_features, X.weights)
 
 
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating,)):
-        return float(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
