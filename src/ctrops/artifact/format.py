@@ -26,13 +26,13 @@ import math
 import mmap
 import os
 import struct
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import numpy as np
 
+from ctrops.artifact.atomic import atomic_local_file
 from ctrops.jsonable import to_jsonable
 from ctrops.errors import ModelFileError
 from ctrops.models.params import MODEL_TYPES, ModelParams
@@ -210,22 +210,12 @@ def save_model(path: str | os.PathLike, params: ModelParams, encoder_header: Map
     if max_bytes is not None and file_size > max_bytes:
         raise ModelFileError(f"{path}: model file would be {file_size} bytes, over the limit of {max_bytes} bytes "
                              f"(prune it, store dtype='float16' or raise max_bytes)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp creates 0600; the serving user must be able to read the file
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(PREAMBLE.pack(MAGIC, FORMAT_VERSION, 0, len(blob), hashlib.sha256(blob).digest(), b"\0" * 8))
-            fh.write(blob)
-            for sec in sections:
-                fh.write(b"\0" * (sec.offset - fh.tell()))
-                fh.write(memoryview(arrays[sec.name]).cast("B"))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_local_file(path) as fh:
+        fh.write(PREAMBLE.pack(MAGIC, FORMAT_VERSION, 0, len(blob), hashlib.sha256(blob).digest(), b"\0" * 8))
+        fh.write(blob)
+        for sec in sections:
+            fh.write(b"\0" * (sec.offset - fh.tell()))
+            fh.write(memoryview(arrays[sec.name]).cast("B"))
     return ModelFileInfo(path=path, nbytes=file_size, checksum=hashlib.sha256(blob).hexdigest(),
                          weight_dtype=dtype, sections=tuple(sections))
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
+
+from ctrops.artifact.atomic import atomic_local_file
 
 _CHUNK = 1 << 22
 
@@ -45,19 +46,8 @@ class Storage:
         """Replace `relative` with `data` so readers see the old or the new content, never a mix."""
         target = self.path(relative)
         if self.is_local:
-            folder = Path(target).parent
-            folder.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{Path(target).name}.", suffix=".tmp", dir=folder)
-            try:
-                os.fchmod(fd, 0o644)
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(data)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, target)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            with atomic_local_file(target) as fh:
+                fh.write(data)
         else:
             self.fs.pipe_file(target, data)
 
@@ -65,40 +55,19 @@ class Storage:
         """Copy a local file to `relative`; the target name appears only once complete."""
         target = self.path(relative)
         if self.is_local:
-            folder = Path(target).parent
-            folder.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{Path(target).name}.", suffix=".tmp", dir=folder)
-            try:
-                os.fchmod(fd, 0o644)
-                with os.fdopen(fd, "wb") as out, open(local_path, "rb") as src:
-                    _copy(src, out)
-                    out.flush()
-                    os.fsync(out.fileno())
-                os.replace(tmp, target)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            with atomic_local_file(target) as out, open(local_path, "rb") as src:
+                _copy(src, out)
         else:
             self.fs.put_file(str(local_path), target)
 
     def download_verified(self, relative: str, local_path: Path, sha256: str) -> None:
         """Download to a temp file beside `local_path`, check its sha256, then rename into place."""
-        local_path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{local_path.name}.", suffix=".tmp", dir=local_path.parent)
-        try:
-            os.fchmod(fd, 0o644)
-            digest = hashlib.sha256()
-            with os.fdopen(fd, "wb") as out, self.fs.open(self.path(relative), "rb") as src:
-                _copy(src, out, digest)
-                out.flush()
-                os.fsync(out.fileno())
-            if digest.hexdigest() != sha256:
+        digest = hashlib.sha256()
+        with atomic_local_file(local_path) as out, self.fs.open(self.path(relative), "rb") as src:
+            _copy(src, out, digest)
+            if digest.hexdigest() != sha256:  # raising here abandons the download
                 raise ValueError(f"{self.describe(relative)}: sha256 {digest.hexdigest()} does not match the "
                                  f"manifest's {sha256}")
-            os.replace(tmp, local_path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
 
     def remove_tree(self, relative: str) -> None:
         """Delete a folder and everything under it; absent is fine (listing caches may be stale)."""
