@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.ctrops-installed
-NATIVE := $(wildcard src/ctrops/*/*.pyx src/ctrops/*/*.pxd)
+NATIVE := $(wildcard src/ctrops/*/*.pyx src/ctrops/*/*.pxd src/ctrops/*/*.h)
 
 .PHONY: install demo test test-fast bench clean services
 

@@ -27,6 +27,7 @@ def native(name: str, source: str) -> Extension:
         extra_compile_args=compile_args,
         extra_link_args=openmp,
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+        depends=[str(h) for h in Path(source).parent.glob("*.h")],  # C headers next to the .pyx
     )
 
 

@@ -243,3 +243,56 @@ def test_one_hot_rows_equal_reference(k):
     want = [reference.row_logit(params, np.concatenate([ctx_f, cf[lo:hi]]), np.concatenate([ctx_j, cj[lo:hi]]),
                                 np.ones(len(ctx_f) + hi - lo)) for lo, hi in zip(indptr[:-1], indptr[1:])]
     np.testing.assert_allclose(got, 1 / (1 + np.exp(-np.array(want))), atol=1e-6)
+
+
+def _epochs_both_paths(rows, n_fields, n_features, l1, epochs=3):
+    """Train the same rows with the AVX2+FMA kernels and with the SSE kernels; returns both states."""
+    indptr = np.cumsum([0] + [len(r) for r in rows]).astype(np.int64)
+    f = np.array([e[0] for r in rows for e in r], dtype=np.int32)
+    j = np.array([e[1] for r in rows for e in r], dtype=np.int32)
+    x = np.array([e[2] for r in rows for e in r], dtype=np.float32)
+    y = (np.arange(len(rows)) % 3 == 0).astype(np.float32)
+    init = np.ones((n_features, n_fields, 8), dtype=np.float32)
+    init[..., :4] = np.random.default_rng(0).random((n_features, n_fields, 4), dtype=np.float32) * 0.5
+    out = []
+    for avx2 in (True, False):
+        _ffm.set_avx2_training(avx2)
+        state = init.copy()
+        try:
+            for e in range(epochs):
+                order = np.random.default_rng(e).permutation(len(rows)).astype(np.int64)
+                _ffm.fm_family_epoch(0, indptr, f, j, x, y, np.empty(0, dtype=np.float32), order, state.reshape(-1),
+                                     n_fields, 4, np.empty(0, dtype=np.float32), np.empty(0), 0.2, 2e-5, l1, True, 1)
+        finally:
+            _ffm.set_avx2_training(True)
+        out.append(state)
+    return out
+
+
+@pytest.mark.skipif(not _ffm.AVX2_TRAINING, reason="this CPU has no AVX2+FMA")
+@pytest.mark.parametrize("values", ["ones", "real"])
+@pytest.mark.parametrize("l1", [0.0, 1e-3])
+def test_avx2_training_kernels_equal_the_sse_ones(values, l1):
+    """Two pairs per 256-bit register must train what the one-pair SSE loop trains (up to FMA rounding)."""
+    rng = np.random.default_rng(7)
+    n_fields, n_features = 9, 40
+    rows = []
+    for r in range(200):
+        n = int(rng.integers(2, n_fields + 1))
+        fields = np.sort(rng.choice(n_fields, size=n, replace=False))
+        vals = np.ones(n) if values == "ones" else rng.uniform(0.2, 2.0, n)
+        rows.append([(int(ff), int(rng.integers(n_features)), float(v)) for ff, v in zip(fields, vals)])
+    avx2, sse = _epochs_both_paths(rows, n_fields, n_features, l1)
+    np.testing.assert_allclose(avx2, sse, rtol=2e-4, atol=2e-5)
+    assert not np.array_equal(avx2, np.ones_like(avx2))
+
+
+@pytest.mark.skipif(not _ffm.AVX2_TRAINING, reason="this CPU has no AVX2+FMA")
+def test_avx2_training_with_shared_blocks_updates_in_turn():
+    """Repeated fields (LIBFFM rows may have several features in a field) and repeated features make two
+    pairs write one weight block; those pairs must be applied one after the other, as the SSE loop does."""
+    rows = [[(0, 1, 1.0), (1, 2, 1.0), (1, 3, 1.0), (2, 2, 1.0), (2, 2, 0.5), (3, 1, 1.0)],
+            [(0, 5, 1.0), (0, 5, 1.0), (1, 5, 1.0), (1, 6, 1.0), (2, 5, 1.0)],
+            [(0, 1, 1.0), (1, 1, 1.0), (2, 1, 1.0), (3, 1, 1.0)]] * 20
+    avx2, sse = _epochs_both_paths(rows, 4, 8, 0.0, epochs=5)
+    np.testing.assert_allclose(avx2, sse, rtol=2e-4, atol=2e-5)

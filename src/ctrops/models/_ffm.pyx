@@ -20,7 +20,10 @@ k = 4 has its own loops with four independent accumulators and, for one-hot
 rows (all values 1, the usual case), no value products. The AdaGrad step
 uses the approximate reciprocal square root (`rsqrtps`, ~12 bits) like
 LIBFFM, since an exact sqrt+div per pair would cost far more. Any other k and
-non-x86 machines take scalar loops with exact square roots.
+non-x86 machines take scalar loops with exact square roots. On CPUs with
+AVX2 and FMA, FFM training with k = 4 runs the kernels of
+`ffm_train_avx2.h` instead (two pairs per 256-bit register, fused
+multiply-adds; ~1.3x faster an epoch), chosen once at import.
 
 Training reads every weight row of a row's features twice (forward pass,
 then update); while one row is updated, the weight rows of the next one are
@@ -475,6 +478,26 @@ MODEL_CODES = {"ffm": 0, "fm": 1, "lr": 2}
 PARALLEL_MIN_ROWS = 2048
 
 
+cdef extern from "ffm_train_avx2.h":
+    int CTR_HAVE_AVX2_KERNELS
+    int ctr_avx2_usable() noexcept nogil
+    float ctr_ffm_pairs4_avx2(const int32_t* f, const int32_t* j, const float* x, Py_ssize_t n,
+                              const float* W, Py_ssize_t sj, Py_ssize_t sf) noexcept nogil
+    void ctr_ffm_update4_avx2(const int32_t* f, const int32_t* j, const float* x, Py_ssize_t n,
+                              float* W, Py_ssize_t sj, float kr, float eta, float lam, float l1,
+                              const int32_t* j_next, Py_ssize_t n_next) noexcept nogil
+
+# Whether this CPU runs the AVX2+FMA training kernels for k = 4 (decided once, at import).
+AVX2_TRAINING = bool(ctr_avx2_usable())
+cdef bint _use_avx2 = AVX2_TRAINING
+
+
+def set_avx2_training(bint enabled):
+    """Switch the AVX2 training kernels off (or back on, where the CPU has them); for tests and A/B runs."""
+    global _use_avx2
+    _use_avx2 = enabled and AVX2_TRAINING
+
+
 cdef inline double _sigmoid(double z) noexcept nogil:
     if z >= 0:
         return 1.0 / (1.0 + exp(-z))
@@ -569,6 +592,7 @@ def fm_family_epoch(int model_code,
     cdef float* W = &latent_state[0]
     cdef float* L = &linear_state[0] if has_lin else NULL
     cdef double* B = &bias_state[0] if has_bias else NULL
+    cdef bint fast4 = _use_avx2 and model_code == 0 and k == 4
     if n_order == 0:
         return 0.0, 0.0
     for p in prange(n_order, nogil=True, num_threads=max(n_threads, 1), schedule="dynamic", chunksize=64):
@@ -577,7 +601,9 @@ def fm_family_epoch(int model_code,
         n = indptr[i + 1] - lo
         wt = weights[i] if has_w else 1.0
         r = _row_scale(&values[lo], n, normalize)
-        if model_code == 0:
+        if fast4:
+            t = r * ctr_ffm_pairs4_avx2(&fields[lo], &indices[lo], &values[lo], n, W, sj, sf)
+        elif model_code == 0:
             t = r * ctr_ffm_pairs(&fields[lo], &indices[lo], &values[lo], n, W, sj, sf, k)
         else:
             t = r * ctr_fm_pairs(&indices[lo], &values[lo], n, W, sj, k)
@@ -601,8 +627,12 @@ def fm_family_epoch(int model_code,
                 ctr_prefetch_entries(&indices[indptr[nxt]], (indptr[nxt + 1] - indptr[nxt]) * 4)
                 ctr_prefetch_entries(&fields[indptr[nxt]], (indptr[nxt + 1] - indptr[nxt]) * 4)
                 ctr_prefetch_entries(&values[indptr[nxt]], (indptr[nxt + 1] - indptr[nxt]) * 4)
-            ctr_ffm_update(&fields[lo], &indices[lo], &values[lo], n, W, sj, sf, k,
-                           <float>(kappa * r), eta, lam, l1, &indices[lo_next], n_next)
+            if fast4:
+                ctr_ffm_update4_avx2(&fields[lo], &indices[lo], &values[lo], n, W, sj,
+                                     <float>(kappa * r), eta, lam, l1, &indices[lo_next], n_next)
+            else:
+                ctr_ffm_update(&fields[lo], &indices[lo], &values[lo], n, W, sj, sf, k,
+                               <float>(kappa * r), eta, lam, l1, &indices[lo_next], n_next)
         else:
             ctr_fm_update(&indices[lo], &values[lo], n, W, sj, k, <float>(kappa * r), eta, lam, l1)
         if has_lin:
