@@ -34,6 +34,9 @@ from ctrops.models.params import ModelParams
 Callback = Callable[[int, dict], "bool | None"]
 
 
+# floats drawn at a time when initialising latent weights (16 MB of float32)
+_INIT_CHUNK_FLOATS = 1 << 22
+
 def _native_arrays(X: FieldMatrix) -> tuple[np.ndarray, ...]:
     """The matrix arrays in the dtypes the kernels read (no copy when already right)."""
     return (np.ascontiguousarray(X.indptr, dtype=np.int64), np.ascontiguousarray(X.fields, dtype=np.int32),
@@ -136,7 +139,7 @@ class _Estimator:
     def _state_logits(self, X: FieldMatrix, n_threads: int) -> np.ndarray:
         raise NotImplementedError
 
-    def _state_to_params(self) -> ModelParams:
+    def _state_to_params(self, reuse: ModelParams | None = None) -> ModelParams:
         raise NotImplementedError
 
     def _params_to_state(self, params: ModelParams) -> None:
@@ -218,7 +221,7 @@ class _Estimator:
             if valid is not None and self.early_stopping:
                 if info["valid_loss"] < best_loss:
                     best_loss, best_epoch, since_best = info["valid_loss"], epoch_no, 0
-                    best_params = self._state_to_params()
+                    best_params = self._state_to_params(reuse=best_params)
                 else:
                     since_best += 1
                     stop = since_best >= self.patience
@@ -230,6 +233,8 @@ class _Estimator:
         if best_params is not None and best_epoch != self._epochs_done:
             self._params_to_state(best_params)
             self.params_ = best_params
+        elif best_params is not None:
+            self.params_ = best_params  # the snapshot of the last epoch: the weights as they are now
         else:
             self.params_ = self._state_to_params()
         if best_epoch is None:
@@ -352,7 +357,15 @@ class _FactorizationMachine(_Estimator):
     def _fresh_latent(self, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
         """LIBFFM's start: weights uniform in [0, 1/sqrt(k)), AdaGrad accumulators 1."""
         block = np.empty(shape[:-1] + (2 * self.k,), dtype=np.float32)
-        block[..., : self.k] = rng.random(shape, dtype=np.float32) * np.float32(1.0 / np.sqrt(self.k))
+        scale = np.float32(1.0 / np.sqrt(self.k))
+        # in slices of features: one draw over the whole model would hold a temporary as large
+        # as the weights (625 MB at 1e6 features x 39 fields x k=4) at the start of training;
+        # successive draws continue one stream, so the weights equal a single draw's
+        step = max(1, _INIT_CHUNK_FLOATS // max(1, int(np.prod(shape[1:]))))
+        for lo in range(0, shape[0], step):
+            part = block[lo:lo + step]
+            draw = rng.random(part.shape[:-1] + (self.k,), dtype=np.float32)
+            np.multiply(draw, scale, out=part[..., : self.k])
         block[..., self.k:] = 1.0
         return block
 
@@ -399,13 +412,25 @@ class _FactorizationMachine(_Estimator):
                             0.0 if st.bias is None else float(st.bias[0]), bool(self.normalize), out, int(n_threads))
         return out
 
-    def _state_to_params(self) -> ModelParams:
+    def _state_to_params(self, reuse: ModelParams | None = None) -> ModelParams:
+        """The weights without their accumulators; `reuse`'s arrays are overwritten when shapes allow.
+
+        Early stopping snapshots the best epoch's weights; writing over the previous
+        snapshot, rather than building a new one beside it, keeps peak memory at
+        state + one snapshot instead of state + two.
+        """
         st: _AdaGradState = self._state
+        latent_view = st.latent[..., : self.k]
+        if reuse is not None and reuse.latent.shape == latent_view.shape and reuse.latent.flags.writeable:
+            latent = reuse.latent
+            np.copyto(latent, latent_view)
+        else:
+            latent = np.ascontiguousarray(latent_view)
         return ModelParams(
             model_type=self.model_type, n_features=self.n_features_in_, n_fields=self.n_fields_in_, k=self.k,
             bias=0.0 if st.bias is None else float(st.bias[0]),
             linear=None if st.linear is None else np.ascontiguousarray(st.linear[:, 0]),
-            latent=np.ascontiguousarray(st.latent[..., : self.k]),
+            latent=latent,
             normalize=bool(self.normalize),
             extra={"epochs_done": int(self._epochs_done)},
         )
@@ -513,7 +538,7 @@ class LogisticRegression(_Estimator):
                             w, 1, b, False, out, int(n_threads))
         return out
 
-    def _state_to_params(self) -> ModelParams:
+    def _state_to_params(self, reuse: ModelParams | None = None) -> ModelParams:  # small: always a fresh copy
         w, b = self._weights()
         return ModelParams(model_type="lr", n_features=self.n_features_in_, n_fields=self.n_fields_in_, k=0,
                            bias=b, linear=w, latent=None, normalize=False,
