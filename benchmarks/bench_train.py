@@ -49,7 +49,9 @@ QUOTED_LIBFFM_S_PER_EPOCH = (7.0, 8.0)
 
 
 def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    """This process's peak resident set (VmHWM), measured as the LIBFFM child measures its own."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024.0
 
 
 def generate(rows: int, out: Path) -> str:
@@ -143,8 +145,15 @@ def run_libffm(train: FieldMatrix, valid: FieldMatrix, epochs: int, workdir: Pat
         train.fields.astype(np.int64) * (train.n_features + 1) + train.indices,
         valid.fields.astype(np.int64) * (train.n_features + 1) + valid.indices])
     uniq, inv = np.unique(both, return_inverse=True)
-    col_fields = (uniq // (train.n_features + 1)).astype(np.int32)
-    cols = inv.astype(np.int32)
+    # LIBFFM sizes its model by the largest feature number it sees: the last (field, feature)
+    # pair takes the last of ctrops' feature numbers, so both allocate a model of the same size
+    # (1e6 hash bins); the numbers in between never occur and are never touched, in either tool
+    n_cols = max(len(uniq), train.n_features)
+    col_ids = np.arange(len(uniq), dtype=np.int64)
+    col_ids[-1] = n_cols - 1
+    col_fields = np.zeros(n_cols, dtype=np.int32)
+    col_fields[col_ids] = (uniq // (train.n_features + 1)).astype(np.int32)
+    cols = col_ids[inv].astype(np.int32)
     npz = workdir / "libffm_input.npz"
     np.savez(npz, tr_indptr=train.indptr, tr_cols=cols[: train.nnz], tr_y=train.labels,
              va_indptr=valid.indptr, va_cols=cols[train.nnz:], va_y=valid.labels, fields=col_fields)
@@ -159,7 +168,10 @@ vp, _ = pylibffm.make_bin({str(workdir)!r}, va, d['va_y'], d['fields'])
 sys.stdout.flush()
 t, c = time.perf_counter(), time.process_time()
 m = pylibffm.train_with_bin(tp, dict(eta=0.2, k=4, nr_iters={epochs}, normalization=True, auto_stop=True), vp)
-print('TOTAL_SECONDS', time.perf_counter() - t, 'CPU_SECONDS', time.process_time() - c, flush=True)
+# VmHWM, not ru_maxrss: a child's ru_maxrss starts at its parent's size at fork and survives exec
+hwm = next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM:'))
+print('TOTAL_SECONDS', time.perf_counter() - t, 'CPU_SECONDS', time.process_time() - c, 'PEAK_RSS_KIB', hwm,
+      flush=True)
 """
     try:
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
@@ -174,16 +186,18 @@ print('TOTAL_SECONDS', time.perf_counter() - t, 'CPU_SECONDS', time.process_time
     cum = [float(r[-1]) for r in rows]
     per_epoch = np.diff([0.0, *cum]) if cum else np.array([])
     va = [float(r[2]) for r in rows if len(r) >= 4]
-    total = re.search(r"TOTAL_SECONDS ([\d.]+) CPU_SECONDS ([\d.]+)", res.stdout)
+    total = re.search(r"TOTAL_SECONDS ([\d.]+) CPU_SECONDS ([\d.]+) PEAK_RSS_KIB (\d+)", res.stdout)
     return {"epoch_seconds": per_epoch.tolist(), "valid_loss": va,
             "total_seconds": float(total.group(1)) if total else None,
             "cpu_seconds_per_epoch": float(total.group(2)) / max(len(rows), 1) if total else None,
+            "peak_rss_mib": int(total.group(3)) / 1024 if total else None,
             "log": res.stdout[-2000:]}
 
 
 def time_ffm(train: FieldMatrix, valid: FieldMatrix, threads: int, epochs: int) -> FFM:
+    # early stopping on, as LIBFFM's auto_stop: both then keep a copy of the best epoch's weights
     model = FFM(k=4, eta=0.2, l2=2e-5, epochs=epochs, normalize=True, linear=False, bias=False,
-                early_stopping=False, n_threads=threads, seed=0)
+                early_stopping=True, patience=epochs, n_threads=threads, seed=0)
     return model.fit(train, valid)
 
 
@@ -209,9 +223,10 @@ def main(argv: list[str] | None = None) -> int:
         print("generator:", summary.splitlines()[-1])
     n_train = X.n_rows * 5 // 6
     train, valid = X.take(slice(0, n_train)), X.take(slice(n_train, X.n_rows))
+    del X  # like `ctrops train TRAIN --valid VALID`: the two sets, not a third copy of both
     pairs = float(np.mean(np.diff(train.indptr) * (np.diff(train.indptr) - 1) / 2))
     print(f"train {train.n_rows} rows, valid {valid.n_rows} rows, {pairs:.0f} field pairs per row, "
-          f"{X.n_features} features")
+          f"{train.n_features} features")
 
     results = {}
     for threads in (1, 2):
@@ -232,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
             p = model.predict_proba(valid)
             print(f"  check: metrics.log_loss on valid with the final weights = {log_loss(valid.labels, p):.5f}")
         del model
-    print(f"peak RSS {peak_rss_mib():.0f} MiB")
+    ours_rss = peak_rss_mib()
+    print(f"peak RSS {ours_rss:.0f} MiB (this process: data, model, AdaGrad state)")
 
     bases = {} if args.no_baseline else {t: run_libffm(train, valid, epochs, args.workdir, t) for t in (1, 2)}
     if bases and all(b and b["epoch_seconds"] for b in bases.values()):
@@ -251,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  CPU per epoch, training + validation pass: LIBFFM {lib_cpu:.2f} s, ctrops {ours_cpu:.2f} s "
                       f"-> {lib_cpu / ours_cpu:.2f}x")
             print(f"  valid log loss difference (ctrops - LIBFFM): {results[threads]['best_valid'] - lib_best:+.5f}")
+            if base.get("peak_rss_mib"):
+                print(f"  peak RSS: LIBFFM process {base['peak_rss_mib']:.0f} MiB, ctrops {ours_rss:.0f} MiB "
+                      f"-> ratio {ours_rss / base['peak_rss_mib']:.2f}")
     else:
         lo, hi = QUOTED_LIBFFM_S_PER_EPOCH
         print(f"LIBFFM baseline not measured; QUOTED (not measured) figure: {lo:.0f}-{hi:.0f} s/epoch for 1M "
