@@ -149,3 +149,74 @@ def test_encode_objects_is_json(objs):
 
     out = encode_objects(objs)
     assert [None if o is None else json.loads(o) for o in out] == objs
+
+
+def expected_records(entries: list[RequestLog]) -> list[dict]:
+    """The documented records of some requests, expanded one by one in plain Python."""
+    out = []
+    for e in entries:
+        for rank, pos in enumerate(e.order.tolist(), 1):
+            out.append({"schema": 1, "ts_ms": e.ts_ms, "request_id": e.request_id, "unit_id": e.unit_id,
+                        "experiment": e.experiment, "arm": e.arm, "model_name": e.model_name,
+                        "model_version": e.model_version, "passthrough": e.passthrough,
+                        "tracking_id": f"{e.tracking_prefix}{pos:04x}", "candidate_id": str(e.candidate_ids[pos]),
+                        "score": float(e.scores[pos]), "rank": rank,
+                        "candidate_passthrough": e.candidate_passthrough[pos]})
+    return out
+
+
+def varied_entries() -> list[RequestLog]:
+    """More requests than one build step, with every kind of value the writer special-cases."""
+    rng = np.random.default_rng(3)
+    out = []
+    for i in range(150):
+        n = int(rng.integers(1, 9))
+        scores = rng.random(n)
+        if i % 7 == 0:
+            scores[0] = 1.0  # a whole number: JSONL keeps it a float
+        order = np.argsort(-scores, kind="stable")[:None if i % 3 else max(1, n // 2)]  # some top_k
+        ids: list = [f"ad{i}-{j}" for j in range(n)]
+        cp: list = [{"bid": float(rng.random()), "slot": j} for j in range(n)]
+        if i == 5:
+            ids = [j * 1000 for j in range(n)]  # integer ids
+        if i == 6:
+            ids = ['q"uote', "back\\slash", "caf\u00e9", "tab\there", "nul\x00", "ok", "x", "y"][:n]
+        if i == 7:
+            cp = [None] * n
+        if i == 8:
+            cp = [None] + [{"bid": 2, "slot": j} for j in range(1, n)]
+        out.append(RequestLog(1_700_000_000_000 + i, f"r{i}", f"u{i % 5}", "exp", ["production", "candidate"][i % 2],
+                              "ctr", None if i % 11 == 0 else 3, f"{i:028x}", ids, scores, order, cp,
+                              None if i % 4 == 0 else {"auction": f"a{i}", "floor": 0.5}))
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_bulk_writer_matches_record_by_record_expansion(tmp_path, fmt):
+    entries = varied_entries()
+    sink = PredictionLog(LogConfig(str(tmp_path), fmt))  # not started: close() drains in one batch
+    for e in entries:
+        assert sink.submit(e)
+    sink.close()
+    if fmt == "jsonl":
+        rows = read_jsonl(tmp_path)
+    else:
+        rows = pq.read_table(sorted(tmp_path.glob("predictions-*.parquet"))).to_pylist()
+    want = expected_records(entries)
+    assert len(rows) == len(want) == sink.records_written
+    for got, exp in zip(rows, want):
+        if fmt == "parquet" and isinstance(exp["candidate_passthrough"], dict):
+            exp = {**exp, "candidate_passthrough": {k: float(v) if k == "bid" else v
+                                                    for k, v in exp["candidate_passthrough"].items()}}
+        assert got == exp
+    if fmt == "jsonl":  # floats stay floats, also when whole
+        text = "".join(p.read_text() for p in sorted(tmp_path.glob("predictions-*.jsonl")))
+        assert '"score":1.0,' in text
+
+
+def test_records_bound_drops_and_counts(tmp_path):
+    sink = PredictionLog(LogConfig(str(tmp_path), "jsonl", queue_records=7))
+    results = [sink.submit(entry(i)) for i in range(4)]  # 3 records each
+    assert results == [True, True, False, False] and sink.dropped == 2 and sink.queued_records == 6
+    sink.close()
+    assert len(read_jsonl(tmp_path)) == 6 and sink.queued_records == 0

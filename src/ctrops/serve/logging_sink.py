@@ -1,11 +1,19 @@
 """The prediction log: one record per returned candidate, written off the request path.
 
-A request hands the writer one compact tuple (no per-candidate dicts) through
-a bounded deque; a background thread expands it into records and appends them
-to rotating JSONL or Parquet files on any fsspec storage. When storage stalls
-the deque fills and further requests are dropped *and counted* rather than
-slowing the ad server down. `close()` (called on SIGTERM through the server's
-shutdown) drains everything and finalises the open files.
+The request thread hands the writer one compact tuple per request (the
+arrays and lists it already holds: ids, scores, ranking order, tracking-id
+prefix, passthrough objects) through a bounded deque; that costs about a
+microsecond. A background thread turns whole batches of those tuples into
+Arrow columns with C-level gathers (no Python work per record, only C-level
+`map`/`chain` over per-candidate lists and Arrow kernels that run without the
+GIL) and appends them to rotating Parquet or JSONL files on any fsspec storage.
+JSONL lines are assembled by Arrow string kernels from the same columns.
+
+When storage stalls the deque fills and further requests are dropped *and
+counted* rather than slowing the ad server down; the bound is in requests and
+in records, so a backlog can never hold more than a known amount of memory.
+`close()` (called on SIGTERM through the server's shutdown) drains everything
+and finalises the open files.
 
 Files are written under a hidden `.inprogress` name and renamed when complete,
 so a reader globbing `predictions-*.jsonl` / `*.parquet` never sees half a file.
@@ -21,15 +29,16 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from itertools import chain
-from operator import itemgetter
+from functools import partial
+from itertools import chain, repeat
+from operator import is_, is_not, itemgetter
 from typing import Any, Callable, NamedTuple
 
 import fsspec
 import numpy as np
 
-from ctrops.jsonable import to_jsonable
 from ctrops.errors import ConfigError
+from ctrops.jsonable import to_jsonable
 from ctrops.serve.tracking import MAX_CANDIDATES, SUFFIXES
 
 log = logging.getLogger("ctrops.serve.log")
@@ -45,25 +54,36 @@ class LogConfig:
     format: str = "jsonl"             # "jsonl" or "parquet"
     rotate_records: int = 1_000_000   # start a new file after this many records ...
     rotate_seconds: float = 300.0     # ... or after this long
-    queue_size: int = 20_000          # requests waiting for the writer before drops start
+    queue_size: int = 20_000          # requests waiting for the writer before drops start ...
+    queue_records: int = 200_000      # ... or candidate records waiting (bounds the backlog's memory)
     flush_seconds: float = 0.5        # the writer wakes at least this often
     debug_every: int = 1000           # every n-th request also logs features and weights; 0 = never
     storage_options: dict | None = None
+    compression: str = "zstd"         # Parquet codec: zstd, lz4, snappy, gzip or none
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
             raise ConfigError(f"log.format must be one of {FORMATS}, got {self.format!r}")
-        for name in ("rotate_records", "queue_size"):
+        for name in ("rotate_records", "queue_size", "queue_records"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"log.{name} must be at least 1")
         if self.rotate_seconds <= 0 or self.flush_seconds <= 0:
             raise ConfigError("log.rotate_seconds and log.flush_seconds must be positive")
         if self.debug_every < 0:
             raise ConfigError("log.debug_every must be 0 (off) or a positive request count")
+        if self.compression not in _CODECS:
+            raise ConfigError(f"log.compression must be one of {sorted(_CODECS)}, got {self.compression!r}")
+
+
+_CODECS = {"zstd": 1, "lz4": None, "snappy": None, "gzip": None, "none": None}  # codec -> level
 
 
 class RequestLog(NamedTuple):
-    """Everything the writer needs to expand one request into candidate records."""
+    """Everything the writer needs to expand one request into candidate records.
+
+    Built from objects the request already holds (nothing is copied or
+    formatted on the request thread); the writer expands it in bulk.
+    """
 
     ts_ms: int
     request_id: str
@@ -80,6 +100,9 @@ class RequestLog(NamedTuple):
     passthrough: dict | None
 
 
+_ORDER = RequestLog._fields.index("order")
+
+
 class PredictionLog:
     """Bounded, non-blocking prediction-log writer (one background thread)."""
 
@@ -91,10 +114,13 @@ class PredictionLog:
         self._wake = threading.Event()
         self._stop = False
         self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
         self.dropped = 0
         self.records_written = 0
         self.write_errors = 0
+        # records queued = _records_in - _records_out; each counter has a single writer (the request
+        # thread, the log thread), so neither needs a lock
+        self._records_in = 0
+        self._records_out = 0
         self._fs, self._root = fsspec.core.url_to_fs(config.path, **(config.storage_options or {}))
         self._seq = 0
         self._file = None
@@ -109,11 +135,14 @@ class PredictionLog:
     # ---- request side -------------------------------------------------------------------------
     def submit(self, entry: RequestLog) -> bool:
         """Queue one request's records; never blocks. False when the queue is full (counted)."""
-        if len(self._queue) >= self.config.queue_size or self._stop:
+        n = len(entry[_ORDER])
+        if (len(self._queue) >= self.config.queue_size or self._stop
+                or self._records_in - self._records_out + n > self.config.queue_records):
             self.dropped += 1
             if self.metrics is not None:
                 self.metrics.log_dropped.inc()
             return False
+        self._records_in += n
         self._queue.append(entry)
         return True
 
@@ -125,7 +154,12 @@ class PredictionLog:
 
     @property
     def depth(self) -> int:
+        """Requests waiting for the writer."""
         return len(self._queue)
+
+    @property
+    def queued_records(self) -> int:
+        return self._records_in - self._records_out
 
     # ---- lifecycle ----------------------------------------------------------------------------
     def start(self) -> "PredictionLog":
@@ -174,11 +208,16 @@ class PredictionLog:
                 return
 
     def _drain(self) -> None:
-        batch = []
+        """Write what is queued, at most `_WRITE_REQUESTS` requests per write (bounds its memory)."""
         while self._queue:
-            batch.append(self._queue.popleft())
-        if batch:
-            self._write_with_retry(batch)
+            batch = []
+            pop = self._queue.popleft
+            while self._queue and len(batch) < _WRITE_REQUESTS:
+                batch.append(pop())
+            try:
+                self._write_with_retry(batch)
+            finally:
+                self._records_out += sum(map(len, map(_order_of, batch)))
         debug = []
         while self._debug:
             item = self._debug.popleft()
@@ -199,9 +238,12 @@ class PredictionLog:
             self.metrics.log_write_errors.inc()
 
     def _write_with_retry(self, batch: list[RequestLog]) -> None:
+        table = None
         for attempt in range(3):
             try:
-                n = self._write(batch)
+                if table is None:  # built once: a retry only repeats the storage part
+                    table = build_table(batch)
+                n = self._write(table)
                 self.records_written += n
                 if self.metrics is not None:
                     self.metrics.log_records.inc(n)
@@ -253,105 +295,33 @@ class PredictionLog:
             log.exception("could not finalise %s", self._file_tmp)
         self._file = self._parquet = None
 
-    def _write(self, batch: list[RequestLog]) -> int:
+    def _write(self, table: Any) -> int:
         if self._file is None:
             self._open()
-        n = (self._write_jsonl if self.config.format == "jsonl" else self._write_parquet)(batch)
+        if self.config.format == "jsonl":
+            self._file.write(jsonl_bytes(table))
+        else:
+            self._write_parquet(table)
         self._file.flush()
+        n = table.num_rows
         self._file_records += n
         if self._file_records >= self.config.rotate_records:
             self._close_files()
         return n
 
-    def _write_jsonl(self, batch: list[RequestLog]) -> int:
-        lines: list[str] = []
-        for i, e in enumerate(batch):
-            if i % _CHUNK == _CHUNK - 1:
-                time.sleep(0)  # a yield point for the request thread
-            head = (f'{{"schema":{SCHEMA_VERSION},"ts_ms":{e.ts_ms},"request_id":{_json_str(e.request_id)},'
-                    f'"unit_id":{_json_str(e.unit_id)},"experiment":{_json_str(e.experiment)},'
-                    f'"arm":{_json_str(e.arm)},"model_name":{_json_value(e.model_name)},'
-                    f'"model_version":{_json_value(e.model_version)},'
-                    f'"passthrough":{_json_value(e.passthrough)},"tracking_id":"{e.tracking_prefix}')
-            row = (head.replace("%", "%%") + '%s","candidate_id":%s,"score":%r,"rank":%d,'
-                   '"candidate_passthrough":%s}\n')
-            order = e.order.tolist()
-            scores = e.scores.tolist()
-            ids = _ids_as_text(e.candidate_ids)
-            cp = [("null" if x is None else x) for x in encode_objects(e.candidate_passthrough)]
-            lines.extend(map(row.__mod__, zip(
-                map(SUFFIXES.__getitem__, order), map(_json_str, map(ids.__getitem__, order)),
-                map(scores.__getitem__, order), range(1, len(order) + 1), map(cp.__getitem__, order))))
-        self._file.write("".join(lines).encode())
-        return len(lines)
-
-    def _write_parquet(self, batch: list[RequestLog]) -> int:
-        """Build small tables (short GIL holds), then write them in one call that releases the GIL."""
-        import pyarrow as pa
+    def _write_parquet(self, table: Any) -> None:
         import pyarrow.parquet as pq
 
-        tables = []
-        for start in range(0, len(batch), _CHUNK):
-            tables.append(self._build_table(batch[start:start + _CHUNK]))
-            time.sleep(0)  # a yield point: the request thread gets the GIL between chunks
-        total = 0
-        group: list = []
-        for table in tables + [None]:
-            if group and (table is None or not table.schema.equals(group[0].schema)):
-                merged = pa.concat_tables(group)
-                if self._parquet is not None and not self._parquet.schema.equals(merged.schema):
-                    self._close_files()  # passthrough keys or types changed: a new file with the new schema
-                    self._open()
-                if self._parquet is None:
-                    self._parquet = pq.ParquetWriter(self._file, merged.schema, compression="zstd",
-                                                     compression_level=1, use_dictionary=_DICTIONARY_COLUMNS)
-                self._parquet.write_table(merged)
-                total += merged.num_rows
-                group = []
-            if table is not None:
-                group.append(table)
-        return total
-
-    def _build_table(self, batch: list[RequestLog]):
-        """Columns built per chunk with NumPy/Arrow gathers; Python work is per request, not per record."""
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
-        counts = np.fromiter((len(e.order) for e in batch), dtype=np.int64, count=len(batch))
-        total = int(counts.sum())
-        req_of = np.repeat(np.arange(len(batch)), counts)
-        take = pa.array(req_of)
-
-        def per_request(values: list, typ) -> pa.Array:
-            return pa.array(values, type=typ).take(take)
-
-        order_all = np.concatenate([e.order for e in batch]).astype(np.int64)
-        sizes = np.fromiter((len(e.candidate_ids) for e in batch), dtype=np.int64, count=len(batch))
-        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-        flat_pos = pa.array(order_all + np.repeat(starts, counts))
-        flat_ids = _ids_as_text(list(chain.from_iterable(e.candidate_ids for e in batch)))
-        flat_cp = list(chain.from_iterable(e.candidate_passthrough for e in batch))
-        cp = objects_array(flat_cp).take(flat_pos)
-        rp = objects_array([e.passthrough for e in batch]).take(take)
-        prefixes = per_request([e.tracking_prefix for e in batch], pa.string())
-        suffixes = _SUFFIX_ARROW().take(pa.array(order_all))
-        columns = {
-            "schema": pa.array(np.full(total, SCHEMA_VERSION, dtype=np.int16)),
-            "ts_ms": per_request([e.ts_ms for e in batch], pa.int64()),
-            "request_id": per_request([e.request_id for e in batch], pa.string()),
-            "unit_id": per_request([e.unit_id for e in batch], pa.string()),
-            "experiment": per_request([e.experiment for e in batch], pa.string()),
-            "arm": per_request([e.arm for e in batch], pa.string()),
-            "model_name": per_request([e.model_name for e in batch], pa.string()),
-            "model_version": per_request([e.model_version for e in batch], pa.int64()),
-            "passthrough": rp,
-            "tracking_id": pc.binary_join_element_wise(prefixes, suffixes, ""),
-            "candidate_id": pa.array(flat_ids, type=pa.string()).take(flat_pos),
-            "score": pa.array(np.concatenate([e.scores[e.order] for e in batch]).astype(np.float64)),
-            "rank": pa.array(np.concatenate([_RANKS[:c] for c in counts.tolist()])),
-            "candidate_passthrough": cp,
-        }
-        return pa.table(columns, schema=parquet_schema(rp.type, cp.type))
+        if self._parquet is not None and not self._parquet.schema.equals(table.schema):
+            self._close_files()  # passthrough keys or types changed: a new file with the new schema
+            self._open()
+        if self._parquet is None:
+            codec = self.config.compression
+            self._parquet = pq.ParquetWriter(
+                self._file, table.schema, compression=codec, compression_level=_CODECS[codec],
+                use_dictionary=_DICTIONARY_COLUMNS, write_statistics=_STATISTICS_COLUMNS,
+                column_encoding={"score": "BYTE_STREAM_SPLIT"}, store_schema=False)
+        self._parquet.write_table(table)  # one row group; encoding and compression run without the GIL
 
     def _write_debug(self, records: list[dict]) -> None:
         if self._debug_file is None:
@@ -361,30 +331,389 @@ class PredictionLog:
         self._debug_file.flush()
 
 
-_CHUNK = 16  # requests per build step of the writer: bounds how long it holds the GIL at a stretch
-# low-cardinality columns only: dictionary-encoding unique ids costs CPU and saves nothing
-_DICTIONARY_COLUMNS = ["schema", "experiment", "arm", "model_name", "model_version", "request_id", "unit_id"]
-_RANKS = np.arange(1, MAX_CANDIDATES + 1, dtype=np.int32)
+_order_of = itemgetter(_ORDER)
+_WRITE_REQUESTS = 2048  # requests per write: one Parquet row group of ~200k records, ~20 MB of Arrow memory
+_CHUNK = 64  # requests per build step: each C-level pass over one chunk holds the GIL for well under 1 ms
+# low-cardinality and per-request columns: dictionary pages make them nearly free; unique ids are not
+_DICTIONARY_COLUMNS = ["schema", "experiment", "arm", "model_name", "model_version", "request_id", "unit_id",
+                       "ts_ms"]
+_STATISTICS_COLUMNS = ["ts_ms", "model_version"]  # min/max for time and version filters; strings' cost CPU
+
+
+# ---- columns ------------------------------------------------------------------------------------
+
+def build_table(batch: list[RequestLog]):
+    """The Arrow table of a batch's candidate records, in rank order within each request.
+
+    Per-request values (time, ids, arm, model) become dictionary columns: one
+    entry per request and an index per record, never a copy per record.
+    Tracking ids are assembled as fixed-width bytes by NumPy gathers. The
+    Python-level passes over per-candidate lists (ids, passthrough objects)
+    run `_CHUNK` requests at a time, so each holds the GIL for well under a
+    millisecond; the gathers, encodings and compression run in Arrow/NumPy.
+    """
+    import pyarrow as pa
+
+    (ts, request_ids, unit_ids, experiments, arms, model_names, versions, prefixes, candidate_ids, scores,
+     orders, candidate_passthrough, passthrough) = zip(*batch)
+    n = len(batch)
+    counts = np.fromiter(map(len, orders), dtype=np.int64, count=n)
+    sizes = np.fromiter(map(len, candidate_ids), dtype=np.int64, count=n)
+    total = int(counts.sum())
+    req_of_np = np.repeat(np.arange(n, dtype=np.int32), counts)
+    req_of = pa.array(req_of_np)
+    order_all = np.concatenate(orders).astype(np.int64, copy=False)
+    flat_pos = pa.array(order_all + np.repeat(np.cumsum(sizes) - sizes, counts))  # into the flat candidates
+    ranks = np.arange(1, total + 1, dtype=np.int32) - np.repeat(
+        (np.cumsum(counts) - counts).astype(np.int32), counts)
+
+    def per_request(values: tuple, typ) -> Any:
+        dictionary = pa.array(values, type=typ)
+        if not dictionary.null_count:
+            return pa.DictionaryArray.from_arrays(req_of, dictionary)
+        # Parquet takes no null inside a dictionary: null indices instead (the random arm's version)
+        missing = dictionary.is_null().to_numpy(zero_copy_only=False)
+        return pa.DictionaryArray.from_arrays(pa.array(req_of_np, mask=missing[req_of_np]),
+                                              dictionary.fill_null(pa.scalar(0 if typ == pa.int64() else "", typ)))
+
+    steps = range(0, n, _CHUNK)
+    ids = pa.concat_arrays([_ids_array(candidate_ids[i:i + _CHUNK]) for i in steps])
+    cp = _concat_objects([list(chain.from_iterable(candidate_passthrough[i:i + _CHUNK])) for i in steps])
+    rp = objects_array(list(passthrough))
+    columns = [
+        pa.array(np.full(total, SCHEMA_VERSION, dtype=np.int16)),
+        per_request(ts, pa.int64()),
+        per_request(request_ids, pa.string()),
+        per_request(unit_ids, pa.string()),
+        per_request(experiments, pa.string()),
+        per_request(arms, pa.string()),
+        per_request(model_names, pa.string()),
+        per_request(versions, pa.int64()),
+        rp.take(req_of),
+        _tracking_ids(prefixes, counts, req_of_np, order_all),
+        ids.take(flat_pos),
+        pa.array(np.concatenate(scores).astype(np.float64, copy=False)[flat_pos.to_numpy()]),
+        pa.array(ranks),
+        cp.take(flat_pos),
+    ]
+    return pa.Table.from_arrays(columns, schema=log_schema(rp.type, cp.type))
+
+
+def _concat_objects(chunks: list[list]) -> Any:
+    """One passthrough column over chunks: types widened to a common one (int -> double, null ->
+    struct) when they differ, else JSON text for all."""
+    import pyarrow as pa
+
+    arrays = [objects_array(c) for c in chunks]
+    types = {a.type for a in arrays}
+    if len(types) == 1:
+        return pa.concat_arrays(arrays)
+    try:
+        common = pa.unify_schemas([pa.schema([("c", t)]) for t in types], promote_options="permissive")[0].type
+        if pa.types.is_string(common) and not all(pa.types.is_string(t) or pa.types.is_null(t) for t in types):
+            raise pa.ArrowInvalid("struct and JSON text")
+        return pa.concat_arrays([a if a.type == common else a.cast(common) for a in arrays])
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return pa.concat_arrays([a if pa.types.is_string(a.type) else pa.array(encode_objects(c), type=pa.string())
+                                 for a, c in zip(arrays, chunks)])
+
+
+_SUFFIX_BYTES = np.frombuffer("".join(SUFFIXES).encode("ascii"), dtype=np.uint8).reshape(-1, 4)
+
+
+def _tracking_ids(prefixes: tuple, counts: np.ndarray, req_of: np.ndarray, positions: np.ndarray):
+    """prefix (28 hex digits per request) + suffix (4 per candidate position), as fixed-width bytes."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    total = len(req_of)
+    if set(map(len, prefixes)) == {28}:
+        joined = "".join(prefixes)
+        if joined.isascii():
+            out = np.empty((total, 32), dtype=np.uint8)
+            out[:, :28] = np.repeat(np.frombuffer(joined.encode("ascii"), dtype=np.uint8).reshape(-1, 28), counts,
+                                    axis=0)
+            out[:, 28:] = _SUFFIX_BYTES[positions]
+            offsets = np.arange(0, 32 * total + 1, 32, dtype=np.int32)
+            return pa.StringArray.from_buffers(total, pa.py_buffer(offsets), pa.py_buffer(out))
+    return pc.binary_join_element_wise(pa.array(prefixes, pa.string()).take(pa.array(req_of)),
+                                       pa.array(SUFFIXES, pa.string()).take(pa.array(positions)), "")
+
+
+def _ids_array(per_request: tuple) -> Any:
+    """Candidate ids of some requests as one Arrow string column (integers written as decimal text).
+
+    One join per request touches each id once; Arrow splits the text at the
+    separators (without the GIL). When an id contains the separator, or is
+    not a string, the ids go through `_text_array`.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    try:
+        joined = list(map(_SEP.join, per_request))
+    except TypeError:  # integer ids
+        return _text_array(list(chain.from_iterable(per_request)))
+    total = sum(map(len, per_request))
+    if sum(map(str.count, joined, repeat(_SEP))) != total - len(per_request) or "" in joined:
+        return _text_array(list(chain.from_iterable(per_request)))  # a separator inside an id, or no ids
+    return pc.split_pattern(strings_array(joined), _SEP).flatten()
+
+
+_SEP = "\x00"
+
+
+def _text_array(values: list):
+    """Ids as an Arrow string column (integers written as decimal text)."""
+    try:
+        return strings_array(values)
+    except TypeError:
+        return strings_array(list(map(str, values)))
+
+
+def strings_array(values: list):
+    """An Arrow string column from a list of str, built from one join instead of per-item conversion.
+
+    `pa.array` converts a Python string in ~200 ns; joining them and counting
+    their lengths are C-level passes of ~20 ns each. That gives the UTF-8 data
+    and offsets directly when the text is ASCII (one character, one byte),
+    which ids and passthrough strings nearly always are. TypeError for a non-str item.
+    """
+    import pyarrow as pa
+
+    joined = "".join(values)
+    if not joined.isascii():
+        return pa.array(values, type=pa.string())
+    offsets = np.zeros(len(values) + 1, dtype=np.int64)
+    np.cumsum(np.fromiter(map(len, values), dtype=np.int64, count=len(values)), out=offsets[1:])
+    if offsets[-1] < 2**31:
+        return pa.StringArray.from_buffers(len(values), pa.py_buffer(offsets.astype(np.int32)),
+                                           pa.py_buffer(joined.encode("ascii")))
+    return pa.array(values, type=pa.string())
+
+
+_FLOAT, _INT, _INT_FLOAT, _STR, _BOOL = {float}, {int}, {int, float}, {str}, {bool}
+_SIMPLE_KINDS = (_FLOAT, _INT, _INT_FLOAT, _STR, _BOOL)
+_NONE_TYPE = type(None)
+
+
+def objects_array(objs: list[dict | None]):
+    """Arrow column of flat passthrough objects: a struct typed from the values when Arrow can infer
+    one, else their JSON text (a string column); all-null or key-less objects give a null column.
+
+    Ad servers send the same keys for every candidate (bid, price), so the
+    common case is built column by column with C-level gathers; anything else
+    goes through Arrow's own inference over the dicts, which gives the same
+    types but costs about a microsecond per object.
+    """
+    import pyarrow as pa
+
+    fast = _uniform_struct(objs)
+    if fast is not None:
+        return fast
+    try:
+        arr = pa.array(objs)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
+        return pa.array(encode_objects(objs), type=pa.string())
+    if pa.types.is_struct(arr.type) and arr.type.num_fields == 0:
+        return pa.nulls(len(objs))
+    if not (pa.types.is_struct(arr.type) or pa.types.is_null(arr.type)):
+        return pa.array(encode_objects(objs), type=pa.string())
+    return arr
+
+
+def _uniform_struct(objs: list[dict | None]):
+    """The struct column when every present object has the same keys, each holding one simple kind
+    (numbers, strings or booleans; None allowed); None when that does not hold."""
+    import pyarrow as pa
+
+    present = list(filter(None, objs))  # truthiness is cheap; `is None` on a dict goes through __eq__
+    n_none = len(objs) - len(present)
+    if n_none:
+        if len(present) + sum(map(partial(is_, None), objs)) != len(objs):
+            return None  # empty objects besides None: Arrow's inference decides
+        if not present:
+            return pa.nulls(len(objs))
+    first = present[0]
+    if type(first) is not dict or not first:
+        return None
+    keys = tuple(first)
+    # same size and every key found below (itemgetter raises otherwise) = the same key set
+    if sum(map(len, present)) != len(keys) * len(present):
+        return None
+    children = []
+    for k in keys:
+        try:
+            col = list(map(itemgetter(k), present))
+        except (KeyError, TypeError):
+            return None
+        kinds = set(map(type, col))
+        if kinds == _FLOAT or kinds == _INT_FLOAT:
+            children.append(pa.array(np.fromiter(col, dtype=np.float64, count=len(col))))
+        elif kinds == _INT:
+            try:
+                children.append(pa.array(np.fromiter(col, dtype=np.int64, count=len(col))))
+            except OverflowError:
+                return None  # an integer beyond int64: let Arrow's inference decide (JSON text)
+        elif kinds == _STR:
+            children.append(strings_array(col))
+        else:
+            kinds.discard(_NONE_TYPE)
+            if kinds not in _SIMPLE_KINDS:
+                return None
+            typ = (pa.float64() if float in kinds else pa.int64() if kinds == _INT else
+                   pa.string() if kinds == _STR else pa.bool_())
+            try:
+                children.append(pa.array(col, type=typ))
+            except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+                return None
+    arr = pa.StructArray.from_arrays(children, names=list(keys))
+    if n_none:
+        present_at = np.fromiter(map(is_not, objs, repeat(None)), dtype=bool, count=len(objs))
+        index = np.cumsum(present_at) - 1
+        arr = arr.take(pa.array(index, mask=~present_at))
+    return arr
+
+
+def parquet_schema(passthrough_type=None, candidate_passthrough_type=None):
+    """Schema of a Parquet log file as readers see it; the passthrough columns take their values' type."""
+    import pyarrow as pa
+    passthrough_type = passthrough_type or pa.string()
+    candidate_passthrough_type = candidate_passthrough_type or pa.string()
+    return pa.schema([
+        ("schema", pa.int16()), ("ts_ms", pa.int64()), ("request_id", pa.string()),
+        ("unit_id", pa.string()), ("experiment", pa.string()), ("arm", pa.string()),
+        ("model_name", pa.string()), ("model_version", pa.int64()), ("passthrough", passthrough_type),
+        ("tracking_id", pa.string()), ("candidate_id", pa.string()), ("score", pa.float64()),
+        ("rank", pa.int32()), ("candidate_passthrough", candidate_passthrough_type),
+    ])
+
+
+def log_schema(passthrough_type=None, candidate_passthrough_type=None):
+    """The writer's in-memory schema: `parquet_schema` with per-request columns dictionary-encoded
+    (Parquet stores them as dictionary pages and readers get plain strings / integers back)."""
+    import pyarrow as pa
+
+    schema = parquet_schema(passthrough_type, candidate_passthrough_type)
+    for name in _PER_REQUEST:
+        i = schema.get_field_index(name)
+        schema = schema.set(i, pa.field(name, pa.dictionary(pa.int32(), schema.field(i).type)))
+    return schema
+
+
+_PER_REQUEST = ("ts_ms", "request_id", "unit_id", "experiment", "arm", "model_name", "model_version")
+
+
+# ---- JSONL from the columns ---------------------------------------------------------------------
+
+def jsonl_bytes(table) -> bytes:
+    """The table as JSON lines (keys in schema order), assembled by Arrow string kernels.
+
+    Per-request fields are formatted once per request (a request's records
+    start where `rank` is 1) and repeated by a gather; strings are escaped by
+    substring replacement, numbers formatted by Arrow (shortest round-trip).
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if table.num_rows == 0:
+        return b""
+    ranks = table.column("rank").to_numpy()
+    first = ranks == 1
+    starts = pa.array(np.flatnonzero(first))
+    req_of = pa.array(np.cumsum(first) - 1)
+    head_cols = ("schema", "ts_ms", "request_id", "unit_id", "experiment", "arm", "model_name",
+                 "model_version", "passthrough")
+    pieces: list[Any] = []
+    for i, name in enumerate(head_cols):
+        pieces.append(("{" if i == 0 else ",") + _json_str(name) + ":")
+        pieces.append(json_text(table.column(name).take(starts), raw_strings=name == "passthrough"))
+    pieces.append(',"tracking_id":')
+    head = pc.binary_join_element_wise(*pieces, "").take(req_of)
+    line = pc.binary_join_element_wise(
+        head, json_text(table.column("tracking_id"), escape=False),
+        ',"candidate_id":', json_text(table.column("candidate_id")),
+        ',"score":', json_text(table.column("score")),
+        ',"rank":', json_text(table.column("rank")),
+        ',"candidate_passthrough":', json_text(table.column("candidate_passthrough"), raw_strings=True),
+        "}\n", "")
+    if isinstance(line, pa.ChunkedArray):
+        line = line.combine_chunks()
+    if line.null_count:  # a null piece would silently drop its record: fail the write instead (retried, counted)
+        raise ValueError(f"{line.null_count} JSONL records came out null")
+    offsets = np.frombuffer(line.buffers()[1], dtype=np.int32, count=len(line) + 1, offset=4 * line.offset)
+    return memoryview(line.buffers()[2])[int(offsets[0]):int(offsets[-1])].tobytes()
+
+
+def json_text(col, *, raw_strings: bool = False, escape: bool = True):
+    """JSON text of every value of an Arrow column (null -> "null"). `raw_strings`: the strings already
+    are JSON text (passthrough objects Arrow could not type); `escape=False`: known-safe strings."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    typ = col.type
+    if pa.types.is_dictionary(typ):  # format each distinct entry once
+        return pc.fill_null(json_text(col.dictionary, raw_strings=raw_strings, escape=escape).take(col.indices),
+                            "null")
+    if pa.types.is_null(typ):
+        return pa.array(["null"] * len(col), type=pa.string()) if len(col) < 64 else \
+            pc.fill_null(pa.nulls(len(col), pa.string()), "null")
+    if pa.types.is_string(typ):
+        if raw_strings:
+            text = col
+        elif not escape:
+            text = pc.binary_join_element_wise('"', col, '"', "")
+        else:
+            data = _string_bytes(col)
+            if (data < 0x20).any():  # control characters: the json module's escaping, per value (rare)
+                text = pa.array([None if v is None else _json_str(v) for v in col.to_pylist()], type=pa.string())
+            else:
+                esc = col
+                if (data == 0x5C).any():
+                    esc = pc.replace_substring(esc, "\\", "\\\\")
+                if (data == 0x22).any():
+                    esc = pc.replace_substring(esc, '"', '\\"')
+                text = pc.binary_join_element_wise('"', esc, '"', "")
+    elif pa.types.is_floating(typ):
+        text = pc.cast(col, pa.string())
+        values = col.to_numpy(zero_copy_only=False)
+        with np.errstate(invalid="ignore"):
+            whole = np.isfinite(values) & (np.floor(values) == values) & (np.abs(values) < 1e16)
+        if whole.any():  # Arrow writes 3.0 as "3": keep floats floats for JSON readers
+            text = pc.if_else(pa.array(whole), pc.binary_join_element_wise(text, ".0", ""), text)
+        if not np.isfinite(values).all():
+            text = pc.if_else(pc.is_finite(col), text, pa.scalar(None, pa.string()))  # NaN/inf are not JSON
+    elif pa.types.is_integer(typ) or pa.types.is_boolean(typ):
+        text = pc.cast(col, pa.string())
+    elif pa.types.is_struct(typ):
+        parts: list[Any] = []
+        for i, child in enumerate(col.flatten()):
+            parts.append(("{" if i == 0 else ",") + _json_str(typ.field(i).name) + ":")
+            parts.append(json_text(child))
+        parts.append("}")
+        text = pc.binary_join_element_wise(*parts, "") if typ.num_fields else \
+            pc.binary_join_element_wise(pc.fill_null(pc.cast(col.is_valid(), pa.string()), "x"), "", "")
+        text = pc.if_else(col.is_valid(), text, pa.scalar(None, pa.string()))
+    else:  # not produced by this module's builders; correct, if slow
+        text = pa.array([_encode_value(v) for v in col.to_pylist()], type=pa.string())
+    return pc.fill_null(text, "null")
+
+
+def _string_bytes(arr) -> np.ndarray:
+    """The UTF-8 bytes of a string array's values (one view, no copy)."""
+    if len(arr) == 0:
+        return np.zeros(0, dtype=np.uint8)
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32, count=len(arr) + 1, offset=4 * arr.offset)
+    return np.frombuffer(arr.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]]
+
+
 _json_str = json.encoder.encode_basestring_ascii
 _c_encoder = json.encoder.c_make_encoder
 _encode_value = (
     (lambda v, _e=_c_encoder(None, None, _json_str, None, ":", ",", False, False, True): "".join(_e(v, 0)))
     if _c_encoder is not None else json.JSONEncoder(separators=(",", ":")).encode)
-
-
-def _json_value(v: Any) -> str:
-    """JSON text of a scalar or a flat passthrough object."""
-    if v is None:
-        return "null"
-    if type(v) is str:
-        return _json_str(v)
-    return _encode_value(v)
-
-
-def _json_or_none(v: Any) -> str | None:
-    return None if v is None else _encode_value(v)
-
-
 _NUMBERS = frozenset((int, float))
 _STRINGS = frozenset((str,))
 
@@ -392,8 +721,7 @@ _STRINGS = frozenset((str,))
 def encode_objects(objs: list[dict | None]) -> list[str | None]:
     """JSON text of each flat passthrough object (None stays None), fast when they share their keys.
 
-    Ad servers send the same passthrough keys for every candidate (bid, price),
-    so the common case is one format string applied with C-level map over
+    The common case is one format string applied with C-level map over
     columns; anything else falls back to the json module per object.
     """
     present = [o for o in objs if o is not None]
@@ -423,53 +751,3 @@ def encode_objects(objs: list[dict | None]) -> list[str | None]:
         return encoded
     it = iter(encoded)
     return [None if o is None else next(it) for o in objs]
-
-
-def _ids_as_text(ids: list) -> list[str]:
-    kinds = set(map(type, ids))
-    if kinds <= {str}:
-        return ids
-    return list(map(str, ids))
-
-
-_suffix_arrow = None
-
-
-def _SUFFIX_ARROW():
-    global _suffix_arrow
-    if _suffix_arrow is None:
-        import pyarrow as pa
-        _suffix_arrow = pa.array(SUFFIXES, type=pa.string())
-    return _suffix_arrow
-
-
-def objects_array(objs: list[dict | None]):
-    """Arrow column of flat passthrough objects: a struct typed from the values when Arrow can infer
-    one (all C-level), else their JSON text; all-null or key-less objects give a null column."""
-    import pyarrow as pa
-
-    try:
-        arr = pa.array(objs)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError):
-        return pa.array(encode_objects(objs), type=pa.string())
-    if pa.types.is_struct(arr.type) and arr.type.num_fields == 0:
-        return pa.nulls(len(objs))
-    if not (pa.types.is_struct(arr.type) or pa.types.is_null(arr.type)):
-        return pa.array(encode_objects(objs), type=pa.string())
-    return arr
-
-
-def parquet_schema(passthrough_type=None, candidate_passthrough_type=None):
-    """Schema of a Parquet log file; the two passthrough columns take the type of their values."""
-    import pyarrow as pa
-    passthrough_type = passthrough_type or pa.string()
-    candidate_passthrough_type = candidate_passthrough_type or pa.string()
-    return pa.schema([
-        ("schema", pa.int16()), ("ts_ms", pa.int64()), ("request_id", pa.string()),
-        ("unit_id", pa.string()), ("experiment", pa.string()), ("arm", pa.string()),
-        ("model_name", pa.string()), ("model_version", pa.int64()), ("passthrough", passthrough_type),
-        ("tracking_id", pa.string()), ("candidate_id", pa.string()), ("score", pa.float64()),
-        ("rank", pa.int32()), ("candidate_passthrough", candidate_passthrough_type),
-    ])
-
-
