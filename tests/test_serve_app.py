@@ -221,3 +221,91 @@ def test_fast_parser_rejects_like_hand_validation(body):
     with pytest.raises(RequestError) as hand:
         validate_predict(parse_json(body), Limits())
     assert (fast.value.status, fast.value.message) == (hand.value.status, hand.value.message)
+
+
+class _RsgiHeaders(dict):
+    """granian's RSGI headers: a lowercase-keyed mapping with get/items."""
+
+
+class _RsgiScope:
+    proto, http_version, scheme, query_string = "http", "1.1", "http", ""
+    server, client = "127.0.0.1:8000", "127.0.0.1:50000"
+
+    def __init__(self, method: str, path: str, headers: dict) -> None:
+        self.method, self.path, self.headers = method, path, _RsgiHeaders(headers)
+
+
+class _RsgiProto:
+    """Stands in for granian's HTTP protocol object: the body (whole or in chunks) and one answer."""
+
+    def __init__(self, body: bytes = b"", chunks: list[bytes] | None = None) -> None:
+        self.body, self.chunks, self.answer = body, chunks, None
+
+    async def __call__(self) -> bytes:
+        return self.body
+
+    def __aiter__(self):
+        async def gen():
+            for c in self.chunks or [self.body]:
+                yield c
+        return gen()
+
+    def response_bytes(self, status: int, headers: list, body: bytes) -> None:
+        assert self.answer is None, "answered twice"
+        self.answer = (status, dict(headers), body)
+
+
+def _rsgi(app, method: str, path: str, body: bytes = b"", headers: dict | None = None,
+          chunks: list[bytes] | None = None) -> tuple[int, dict, bytes]:
+    import asyncio
+
+    if headers is None:
+        headers = {} if chunks is not None else {"content-length": str(len(body))}
+    proto = _RsgiProto(body, chunks)
+    asyncio.run(app.__rsgi__(_RsgiScope(method, path, headers), proto))
+    assert proto.answer is not None, "no answer"
+    return proto.answer
+
+
+def test_rsgi_entry_answers_like_asgi(tmp_path):
+    """granian's native interface: same predict answers, limits, errors and cold routes as ASGI."""
+    cfg = make_config(tmp_path, max_candidates=50, log=False)
+    app = create_app(cfg, loader=injected_loader(cfg, ONE_ARM, {"production": HashScorer(7)}))
+    app.__rsgi_init__(None)
+    try:
+        body = json.dumps(request_body(5, request_id="r-1")).encode()
+        status, headers, out = _rsgi(app, "POST", "/v1/predict", body)
+        assert status == 200 and headers["content-type"] == "application/json"
+        with TestClient(app) as c:
+            asgi = c.post("/v1/predict", content=body).json()
+        rsgi = json.loads(out)
+        assert [(x["id"], x["score"], x["rank"]) for x in rsgi["candidates"]] == \
+            [(x["id"], x["score"], x["rank"]) for x in asgi["candidates"]]
+        assert rsgi["request_id"] == "r-1" and rsgi["model_version"] == 7
+        # chunked upload (no content-length): read piece by piece, same answer
+        status, _, out2 = _rsgi(app, "POST", "/v1/predict", chunks=[body[:100], body[100:]])
+        assert status == 200 and [x["id"] for x in json.loads(out2)["candidates"]] == \
+            [x["id"] for x in rsgi["candidates"]]
+        status, _, out = _rsgi(app, "POST", "/v1/predict", b"{")
+        assert status == 400 and json.loads(out)["error"] == "malformed_json"
+        status, _, out = _rsgi(app, "POST", "/v1/predict", headers={"content-length": "3000000"})
+        assert status == 413 and "limit" in json.loads(out)["message"]
+        status, _, out = _rsgi(app, "POST", "/v1/predict", chunks=[b" " * 1_000_000] * 3)
+        assert status == 413
+        status, _, out = _rsgi(app, "POST", "/v1/predict", headers={"content-length": "abc"})
+        assert status == 413
+        # cold routes go through Starlette: same status codes and bodies as over ASGI
+        status, headers, out = _rsgi(app, "GET", "/healthz")
+        assert status == 200 and json.loads(out) == {"status": "alive"}
+        status, _, out = _rsgi(app, "GET", "/readyz")
+        assert status == 200 and json.loads(out)["arms"]["production"]["serving_version"] == 7
+        assert _rsgi(app, "GET", "/v1/predict")[0] == 405
+        assert _rsgi(app, "GET", "/nowhere")[0] == 404
+        status, headers, out = _rsgi(app, "GET", "/metrics")
+        assert status == 200 and b'ctrops_predictions_total{arm="production"} 3.0' in out
+        assert "content-length" not in headers  # granian sets it from the body
+        status, _, out = _rsgi(app, "POST", "/admin/reload", headers={"authorization": "Bearer wrong",
+                                                                         "content-length": "0"})
+        assert status == 401
+    finally:
+        app.__rsgi_del__(None)

@@ -9,13 +9,15 @@ allocates per candidate beyond the response itself.
 
 from __future__ import annotations
 
+import gc
 import hmac
 import json
 import logging
 import sys
 import time
 from contextlib import asynccontextmanager
-from typing import Any
+from itertools import repeat
+from typing import Any, Callable
 
 import numpy as np
 from starlette.applications import Starlette
@@ -29,7 +31,7 @@ from ctrops.serve.loader import ModelStore, ServingLoader
 from ctrops.serve.logging_sink import PredictionLog, RequestLog
 from ctrops.serve.metrics import ServerMetrics
 from ctrops.serve.schema import RequestError, openapi_document, request_parser
-from ctrops.serve.tracking import SUFFIXES, TrackingIds
+from ctrops.serve.tracking import MAX_CANDIDATES, TrackingIds
 
 log = logging.getLogger("ctrops.serve.app")
 _JSON = "application/json"
@@ -43,34 +45,51 @@ def _error(status: int, kind: str, message: str) -> Response:
 
 _ID_STR = {str}
 _ID_INT = {int}
+_ONE = 1_000_000_000  # a score in nano-units
+# The response is one "".join over six pieces per ranked candidate; four come from tables
+# built once or per request, so the only per-candidate work left is two C-level string
+# conversions (id escape, score digits) and no Python-level loop at all.
+_SCORE_HEAD = ',"score":0.'
+_RANK_TAIL = tuple(f',"rank":{r},"tracking_id":"' for r in range(MAX_CANDIDATES + 1))
+_NEXT_ROW = ',{"id":'
+_SUFFIX_TAIL = tuple(f'{j:04x}"}}{_NEXT_ROW}' for j in range(MAX_CANDIDATES))
 
 
 def render_response(request_id: str, experiment: str, arm: str, version: int | None, prefix: str,
                     ids: list, scores: np.ndarray, order: list[int]) -> bytes:
-    """The response JSON, built with C-level map/format over the ranked candidates.
+    """The response JSON, built by one join over the ranked candidates.
 
     Equivalent to json.dumps of the documented object, except that scores are
-    written with 9 decimals (fixed point: float repr costs ~1 µs a number on
-    small CPUs, integer formatting a tenth of that); ids are JSON-escaped by the
-    json module's own string encoder.
+    written with 9 decimals (fixed point: float formatting costs ~0.3 µs a
+    number on small CPUs, an integer's str() a sixth of that); ids are
+    JSON-escaped by the json module's own string encoder.
     """
-    kinds = set(map(type, ids))
-    if kinds == _ID_STR:
-        ids_json = list(map(_encode_str, ids))
-    elif kinds == _ID_INT:
-        ids_json = ids
+    n = len(order)
+    if n == 0:
+        rows = ""
     else:
-        ids_json = [_encode_str(i) if type(i) is str else str(i) for i in ids]
-    row = '{"id":%s,"score":%s.%09d,"rank":%d,"tracking_id":"' + prefix + '%s"}'
-    nano = np.rint(np.asarray(scores, dtype=np.float64) * 1e9).astype(np.int64)
-    whole, frac = np.divmod(nano, 1_000_000_000)
-    whole, frac = whole.tolist(), frac.tolist()
-    get_id = ids_json.__getitem__
-    rows = ",".join(map(row.__mod__, zip(map(get_id, order), map(whole.__getitem__, order),
-                                         map(frac.__getitem__, order), range(1, len(order) + 1),
-                                         map(SUFFIXES.__getitem__, order))))
-    head = _dumps({"request_id": request_id, "experiment": experiment, "arm": arm, "model_version": version})
-    return f'{head[:-1]},"candidates":[{rows}]}}'.encode()
+        nano = np.rint(np.asarray(scores, dtype=np.float64)[order] * 1e9).astype(np.int64)
+        ranked_ids = list(map(ids.__getitem__, order))
+        kinds = set(map(type, ranked_ids))
+        if kinds == _ID_STR:
+            ids_json = list(map(_encode_str, ranked_ids))
+        elif kinds == _ID_INT:
+            ids_json = list(map(str, ranked_ids))
+        else:
+            ids_json = [_encode_str(i) if type(i) is str else str(i) for i in ranked_ids]
+        pieces = [None, _SCORE_HEAD, None, None, prefix, None] * n
+        pieces[0::6] = ids_json
+        if 0 <= nano.min() and nano.max() < _ONE:  # every score prints as 0.ddddddddd
+            pieces[2::6] = map(str.zfill, map(str, nano.tolist()), repeat(9, n))
+        else:  # a score that rounds to 1 (or a scorer outside [0, 1]): rare, format each
+            pieces[1::6] = [',"score":'] * n
+            pieces[2::6] = [f"{v:.9f}" for v in (nano / 1e9).tolist()]
+        pieces[3::6] = _RANK_TAIL[1:n + 1]
+        pieces[5::6] = map(_SUFFIX_TAIL.__getitem__, order)
+        rows = "".join(pieces)[:-len(_NEXT_ROW)]
+    head = (f'{{"request_id":{_encode_str(request_id)},"experiment":{_encode_str(experiment)},'
+            f'"arm":{_encode_str(arm)},"model_version":{"null" if version is None else int(version)},"candidates":[')
+    return f'{head}{{"id":{rows}]}}'.encode() if n else f"{head}]}}".encode()
 
 
 def build_loader(config: ServingConfig, metrics: ServerMetrics | None = None) -> ServingLoader:
@@ -241,27 +260,41 @@ def create_app(config: ServingConfig, *, loader: ServingLoader | None = None,
         result = await anyio.to_thread.run_sync(loader.reload)
         return JSONResponse(result.to_dict(), status_code=409 if result.outcome == "failure" else 200)
 
-    @asynccontextmanager
-    async def lifespan(app: Starlette):
-        service.ids.reseed()  # distinct per worker process (lifespan runs after fork)
+    def startup(load: bool = True) -> None:
+        """Per-worker start: runs after fork (ASGI lifespan or RSGI init), before the first request."""
+        service.ids.reseed()  # distinct per worker process
         if start_background:
             # The log writer and the watcher are CPU-bound Python threads. With the default 5 ms GIL
             # switch interval, every socket call of the event loop can wait up to 5 ms to get the
             # GIL back from them (the "convoy effect"); 0.5 ms bounds that wait.
             sys.setswitchinterval(min(sys.getswitchinterval(), config.server.gil_switch_interval))
-            import anyio
-            if loader.state is None:
-                await anyio.to_thread.run_sync(loader.reload)
+            if load and loader.state is None:
+                loader.reload()
             if prediction_log is not None:
                 prediction_log.start()
             loader.start_watcher()
+            # Everything alive now (modules, the model's tables, the app) lives until exit: moving it
+            # out of the collector's generations keeps a full collection, which the log writer's
+            # batches can trigger, from scanning it all (15+ ms here, a whole p99 budget).
+            gc.freeze()
+
+    def shutdown() -> None:
+        """Per-worker stop (SIGTERM through the runtime's graceful shutdown): drain the log."""
+        if start_background:
+            loader.stop_watcher()
+            if prediction_log is not None:
+                prediction_log.close(timeout=config.server.shutdown_timeout)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette):
+        if start_background and loader.state is None:
+            import anyio
+            await anyio.to_thread.run_sync(loader.reload)  # in a thread: the loop stays responsive
+        startup(load=False)
         try:
             yield
         finally:
-            if start_background:
-                loader.stop_watcher()
-                if prediction_log is not None:
-                    prediction_log.close(timeout=config.server.shutdown_timeout)
+            shutdown()
 
     routes = [
         Route("/v1/predict", predict, methods=["POST"]),
@@ -276,22 +309,30 @@ def create_app(config: ServingConfig, *, loader: ServingLoader | None = None,
     app.state.loader = loader
     app.state.prediction_log = prediction_log
     app.state.metrics = metrics
-    return PredictFastPath(app, service, max_body)
+    return PredictFastPath(app, service, max_body, startup, shutdown)
 
 
 class PredictFastPath:
-    """ASGI entry: POST /v1/predict goes straight to the service; everything else to Starlette.
+    """The server entry for both interfaces: ASGI (uvicorn, tests) and RSGI (granian's native one).
 
-    The predict route is the only hot one; skipping routing, Request and
+    POST /v1/predict goes straight to the service; everything else to Starlette.
+    The predict route is the only hot one: skipping routing, Request and
     Response objects there saves tens of microseconds per call, and the
     Starlette route stays registered (405 on other methods, same handler).
+    Under RSGI the body arrives as one bytes object and the answer leaves with
+    one call, with no ASGI message dicts: about 40 µs less CPU per request on
+    the benchmark machine. The other RSGI routes go through a small ASGI bridge
+    to the same Starlette app, so both interfaces answer them identically.
     """
 
-    def __init__(self, app: Starlette, service: PredictionService, max_body: int) -> None:
+    def __init__(self, app: Starlette, service: PredictionService, max_body: int,
+                 startup: Callable[[], None] | None = None, shutdown: Callable[[], None] | None = None) -> None:
         self.app = app
         self.state = app.state
         self.service = service
         self.max_body = max_body
+        self._startup = startup
+        self._shutdown = shutdown
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http" or scope["path"] != "/v1/predict" or scope["method"] != "POST":
@@ -308,17 +349,90 @@ class PredictFastPath:
                 chunks.append(chunk)
                 size += len(chunk)
                 if size > self.max_body:
-                    self.service.metrics.errors.labels("body_too_large").inc()
-                    await _send(send, 413, _dumps({"error": "body_too_large", "message":
-                                                   f"the body exceeds the limit of {self.max_body} bytes"}).encode())
+                    await _send(send, 413, self._too_large())
                     return
             if not message.get("more_body", False):
                 break
         status, out = self.service.handle(chunks[0] if len(chunks) == 1 else b"".join(chunks))
         await _send(send, status, out)
 
+    def _too_large(self) -> bytes:
+        self.service.metrics.errors.labels("body_too_large").inc()
+        return _dumps({"error": "body_too_large", "message":
+                       f"the body exceeds the limit of {self.max_body} bytes"}).encode()
+
+    # ---- RSGI (granian) -------------------------------------------------------------------------
+    def __rsgi_init__(self, loop: Any) -> None:
+        if self._startup is not None:
+            self._startup()
+
+    def __rsgi_del__(self, loop: Any) -> None:
+        if self._shutdown is not None:
+            self._shutdown()
+
+    async def __rsgi__(self, scope: Any, proto: Any) -> None:
+        if scope.proto != "http":
+            return  # no websockets here; granian closes the connection
+        if scope.path != "/v1/predict" or scope.method != "POST":
+            await self._rsgi_to_asgi(scope, proto)
+            return
+        length = scope.headers.get("content-length")
+        if length is not None:
+            if not length.isdigit() or int(length) > self.max_body:
+                proto.response_bytes(413, _RSGI_JSON, self._too_large())
+                return
+            body = await proto()
+        else:  # chunked: read piece by piece so an endless body cannot exhaust memory
+            chunks, size = [], 0
+            async for chunk in proto:
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > self.max_body:
+                    proto.response_bytes(413, _RSGI_JSON, self._too_large())
+                    return
+            body = b"".join(chunks)
+        status, out = self.service.handle(body)
+        proto.response_bytes(status, _RSGI_JSON, out)
+
+    async def _rsgi_to_asgi(self, scope: Any, proto: Any) -> None:
+        """Serve a cold route (health, metrics, admin, OpenAPI, 404/405) through the Starlette app."""
+        body = await proto()
+        host, _, port = (scope.server or ":0").rpartition(":")
+        chost, _, cport = (scope.client or ":0").rpartition(":")
+        asgi_scope = {
+            "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": scope.http_version, "method": scope.method, "scheme": scope.scheme,
+            "path": scope.path, "raw_path": scope.path.encode(), "root_path": "",
+            "query_string": scope.query_string.encode(),
+            "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in scope.headers.items()],
+            "client": (chost, int(cport or 0)), "server": (host, int(port or 0)),
+        }
+        sent_body = False
+
+        async def receive() -> dict:
+            nonlocal sent_body
+            if not sent_body:
+                sent_body = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return {"type": "http.disconnect"}
+
+        status, headers, chunks = 500, [], []
+
+        async def send(message: dict) -> None:
+            nonlocal status, headers
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in message.get("headers", [])
+                           if k.lower() != b"content-length"]  # granian sets it for the whole body
+            elif message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+
+        await self.app(asgi_scope, receive, send)
+        proto.response_bytes(status, headers, b"".join(chunks))
+
 
 _JSON_HEADER = (b"content-type", b"application/json")
+_RSGI_JSON = [("content-type", "application/json")]
 
 
 async def _send(send, status: int, body: bytes) -> None:

@@ -10,7 +10,7 @@
       require_canary: false          # refuse versions that carry no canary rows
     experiment: experiment.yaml      # path (relative to this file) or inline mapping; omitted:
                                      # all traffic to alias 'production'
-    server: {host: 127.0.0.1, port: 8000, workers: 2, runtime: granian,
+    server: {host: 127.0.0.1, port: 8000, workers: 2, runtime: granian, interface: rsgi,
              admin_token_env: CTROPS_ADMIN_TOKEN}
     limits: {max_candidates: 1000, max_fields: 256, max_body_bytes: 2000000}
     log: {path: ./prediction-logs, format: parquet, rotate_records: 1000000,
@@ -32,6 +32,7 @@ from ctrops.serve.logging_sink import LogConfig
 from ctrops.serve.schema import Limits
 
 RUNTIMES = ("granian", "uvicorn")
+INTERFACES = ("rsgi", "asgi")  # granian's; uvicorn always speaks ASGI
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class ServerConfig:
     admin_token_env: str = "CTROPS_ADMIN_TOKEN"
     shutdown_timeout: float = 30.0
     gil_switch_interval: float = 0.0005  # seconds; see app.lifespan (background threads vs the event loop)
+    interface: str = "rsgi"              # granian only: "rsgi" (native, cheaper per request) or "asgi"
 
     def resolved_admin_token(self) -> str | None:
         """The token from the environment variable wins over the file (keep secrets out of YAML)."""
@@ -108,6 +110,8 @@ class ServingConfig:
         server = _section(ServerConfig, raw.get("server") or {}, f"{source}: server")
         if server.runtime not in RUNTIMES:
             raise ConfigError(f"{source}: server.runtime must be one of {RUNTIMES}, got {server.runtime!r}")
+        if server.interface not in INTERFACES:
+            raise ConfigError(f"{source}: server.interface must be one of {INTERFACES}, got {server.interface!r}")
         if server.workers < 1:
             raise ConfigError(f"{source}: server.workers must be at least 1")
         try:

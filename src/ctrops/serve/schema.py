@@ -13,7 +13,7 @@ import json
 import math
 from dataclasses import dataclass
 from itertools import chain, repeat
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from typing import Any
 
 from ctrops.serve.tracking import MAX_CANDIDATES
@@ -318,17 +318,20 @@ def request_parser(limits: Limits):
         except (_msgspec.DecodeError, _msgspec.ValidationError, RecursionError):
             return validate_predict(parse_json(body), limits)  # raises with a precise message
         cands = doc.candidates
-        ids = [c.id for c in cands]
+        ids = list(map(_attr_id, cands))
         if len(set(ids)) != len(ids):
             return validate_predict(parse_json(body), limits)
         user_id = doc.user_id
         return PredictRequest(
-            context=doc.context, candidate_ids=ids, candidate_fields=[c.fields for c in cands],
-            candidate_passthrough=[c.passthrough for c in cands], request_id=doc.request_id,
+            context=doc.context, candidate_ids=ids, candidate_fields=list(map(_attr_fields, cands)),
+            candidate_passthrough=list(map(_attr_passthrough, cands)), request_id=doc.request_id,
             user_id=str(user_id) if type(user_id) is int else user_id, top_k=doc.top_k,
             passthrough=doc.passthrough)
 
     return parse
+
+
+_attr_id, _attr_fields, _attr_passthrough = attrgetter("id"), attrgetter("fields"), attrgetter("passthrough")
 
 
 def _typed_decoder(limits: Limits):

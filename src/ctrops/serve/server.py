@@ -1,4 +1,4 @@
-"""Start the prediction server on granian or uvicorn from a serving.yaml.
+"""Start the prediction server on granian (RSGI, or ASGI) or uvicorn (ASGI) from a serving.yaml.
 
 Both runtimes import the app through `app_from_env` in each worker process, so
 every worker maps the model itself (the page cache shares the weights) and
@@ -40,10 +40,13 @@ def run(config_path: str | Path, *, host: str | None = None, port: int | None = 
     target = "ctrops.serve.server:app_from_env"
     if runtime == "granian":
         from granian import Granian
-        from granian.constants import Interfaces
+        from granian.constants import HTTPModes, Interfaces
 
-        Granian(target, address=host, port=port, workers=workers, interface=Interfaces.ASGI,
-                factory=True, backlog=2048, log_access=False,
+        # RSGI: granian's native interface hands the app the body as bytes and takes the answer in
+        # one call, without ASGI's per-message dicts (the app serves both; see app.PredictFastPath)
+        interface = Interfaces.RSGI if s.interface == "rsgi" else Interfaces.ASGI
+        Granian(target, address=host, port=port, workers=workers, interface=interface, http=HTTPModes.http1,
+                websockets=False, factory=True, backlog=2048, log_access=False,
                 workers_kill_timeout=int(s.shutdown_timeout) + 5).serve()
     else:
         import uvicorn
