@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+import sys
 import threading
 from pathlib import Path
 
@@ -247,3 +248,43 @@ def test_swap_under_concurrent_scoring_fails_nothing(tmp_path):
     for t in threads:
         t.join()
     assert not errors and loader.state.versions() == {"production": 5}
+
+
+def test_whole_file_checks_run_once_per_file_and_in_another_process(tmp_path, monkeypatch):
+    from ctrops.serve import loader as loader_mod
+
+    publish(tmp_path, make_model_parts("ffm", seed=1), 1)
+    first = build_loader(config(tmp_path))
+    assert first.reload().outcome == "success"
+    cached = next((tmp_path / "cache" / NAME / "1").rglob("*.ctm"))
+    sha = hashlib.sha256(cached.read_bytes()).hexdigest()
+    assert loader_mod.verified_marker_matches(cached, sha)
+    assert not loader_mod.verified_marker_matches(cached, "0" * 64)
+
+    calls = []
+    monkeypatch.setattr(loader_mod.ModelStore, "_validate_elsewhere", lambda self, job: calls.append(job) or {})
+    second = build_loader(config(tmp_path))  # a second worker, or a restart: the marker vouches for the file
+    assert second.reload().outcome == "success" and calls == []
+
+    fresh = cached.with_name("fresh")
+    fresh.write_bytes(cached.read_bytes())
+    fresh.replace(cached)  # same bytes in a new file (as a re-download writes it): checked again
+    third = build_loader(config(tmp_path))
+    third.reload()
+    assert len(calls) == 1 and not third.state.ready  # the stub validator refused it
+
+
+def test_swap_tears_down_the_retired_mapping_and_in_flight_scoring_still_works(tmp_path):
+    from ctrops.serve import loader as loader_mod
+
+    parts1 = make_model_parts("ffm", seed=1)
+    publish(tmp_path, parts1, 1)
+    loader = build_loader(config(tmp_path))
+    assert loader.reload().outcome == "success"
+    old = loader.state.arms["production"].predictor  # an in-flight request still holds this one
+    before = old.score(CONTEXT, CANDIDATES)
+    publish(tmp_path, make_model_parts("ffm", seed=2), 2)
+    assert loader.reload().outcome == "success"  # the swap advised DONTNEED on version 1's mapping
+    np.testing.assert_array_equal(old.score(CONTEXT, CANDIDATES), before)  # pages fault back in from the file
+    if sys.platform == "linux":
+        assert loader_mod.advise(loader.state.arms["production"].predictor, loader_mod.MADV_POPULATE_READ)

@@ -21,6 +21,9 @@ import json
 import logging
 import os
 import random
+import shutil
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -34,7 +37,7 @@ from ctrops.experiments.assign import Assigner
 from ctrops.experiments.definition import Arm, ExperimentDefinition
 
 log = logging.getLogger("ctrops.serve.loader")
-WATCHER_NICENESS = 10
+VALIDATOR_NICENESS = 19
 
 
 class VersionRefused(ModelFileError):
@@ -57,13 +60,16 @@ class ModelStore:
 
     def __init__(self, storage_url: str, model_name: str, *, cache_dir: str | Path,
                  max_bytes: int | None = None, canary_tolerance: float | None = 1e-4,
-                 require_canary: bool = False) -> None:
+                 require_canary: bool = False, validate_in_subprocess: bool = True,
+                 validate_timeout: float = 1800.0) -> None:
         self.storage_url = storage_url
         self.model_name = model_name
         self.cache_dir = Path(cache_dir) / model_name
         self.max_bytes = max_bytes
         self.canary_tolerance = canary_tolerance
         self.require_canary = require_canary
+        self.validate_in_subprocess = validate_in_subprocess
+        self.validate_timeout = validate_timeout
 
     def manifest(self) -> Any:
         from ctrops.artifact.manifest import read_manifest
@@ -98,7 +104,16 @@ class ModelStore:
         return aliases[ref]
 
     def load(self, manifest: Any, version: int) -> Any:
-        """Fetch, validate and open one version; raises VersionRefused saying which check failed."""
+        """Fetch, validate and open one version; raises VersionRefused saying which check failed.
+
+        The checks that read the whole file (sha256 against the manifest,
+        section checksums, finite weights) run in a separate process at the
+        lowest CPU priority (`validate_version`): it shares no GIL with the
+        request threads and only uses CPU they leave idle. This process then
+        opens the verified file without re-reading it, maps its pages in ahead
+        of the swap (so the first requests do not take the page faults) and
+        scores the canary rows.
+        """
         from ctrops.artifact.format import load_model
         from ctrops.predict import Predictor
 
@@ -107,22 +122,17 @@ class ModelStore:
         if self.max_bytes is not None and size is not None and int(size) > self.max_bytes:
             raise VersionRefused(version, "size", f"manifest says {size} bytes, over the limit of "
                                                   f"{self.max_bytes}")
+        path = self._fetch_validated(entry, version)
         try:
-            path = self._fetch(entry)
-        except Exception as exc:
-            raise VersionRefused(version, "fetch", str(exc)) from exc
-        try:
-            model = load_model(path, mmap=True, verify=True, max_bytes=self.max_bytes)
+            model = load_model(path, mmap=True, verify=False, max_bytes=self.max_bytes)
         except ModelFileError as exc:
-            text = str(exc)
-            reason = ("size" if "over the limit" in text else "nonfinite" if "non-finite" in text
-                      or "bias is" in text else "checksum" if "checksum" in text else "format")
-            raise VersionRefused(version, reason, text) from exc
+            raise VersionRefused(version, _refusal_reason(str(exc)), str(exc)) from exc
         try:
             predictor = Predictor(model, version=version, model_name=self.model_name)
         except (CtropsError, ValueError, KeyError) as exc:
             model.close()
             raise VersionRefused(version, "format", f"cannot build the predictor: {exc}") from exc
+        advise(predictor, MADV_POPULATE_READ)
         try:
             self._check_canary(predictor, entry, version)
         except BaseException:
@@ -130,11 +140,39 @@ class ModelStore:
             raise
         return predictor
 
-    def _fetch(self, entry: Any) -> Path:
-        from ctrops.artifact.manifest import fetch_model
-        local = self.cache_dir / str(int(_get(entry, "version")))
-        local.mkdir(parents=True, exist_ok=True)
-        return Path(fetch_model(self.storage_url, entry, local))
+    def _fetch_validated(self, entry: Any, version: int) -> Path:
+        """The local copy of `entry`'s file once every whole-file check passed (here or earlier)."""
+        local_dir = self.cache_dir / str(int(_get(entry, "version")))
+        local_dir.mkdir(parents=True, exist_ok=True)
+        fields = {k: _get(entry, k) for k in ("version", "path", "sha256", "size_bytes")}
+        local = local_dir / str(fields["path"])
+        if verified_marker_matches(local, fields["sha256"]):  # this or another worker checked this very file
+            return local
+        job = {"storage": self.storage_url, "entry": fields, "local_dir": str(local_dir),
+               "max_bytes": self.max_bytes}
+        result = self._validate_elsewhere(job) if self.validate_in_subprocess else validate_version(**job)
+        if not result.get("ok"):
+            raise VersionRefused(version, str(result.get("reason", "fetch")), str(result.get("message")))
+        return Path(result["path"])
+
+    def _validate_elsewhere(self, job: dict) -> dict:
+        argv = [sys.executable, "-m", "ctrops.serve.loader", "validate", json.dumps(job)]
+        if shutil.which("nice"):
+            argv = ["nice", "-n", str(VALIDATOR_NICENESS)] + argv
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=self.validate_timeout)
+        except subprocess.TimeoutExpired:
+            return {"ok": False, "reason": "fetch",
+                    "message": f"validation did not finish within {self.validate_timeout:.0f} s"}
+        except OSError as exc:  # cannot start a process here: check in this one
+            log.warning("validation process could not start (%s); validating in process", exc)
+            return validate_version(**job)
+        lines = proc.stdout.strip().splitlines()
+        try:
+            return json.loads(lines[-1])
+        except (IndexError, json.JSONDecodeError):
+            return {"ok": False, "reason": "fetch", "message": f"validation process exited with {proc.returncode}: "
+                                                                 f"{proc.stderr.strip()[-500:]}"}
 
     def _check_canary(self, predictor: Any, entry: Any, version: int) -> None:
         rows = _get(entry, "canary") or []
@@ -283,6 +321,8 @@ class ServingLoader:
         self.state = new  # the atomic swap
         self.startup_error = None if new.ready else "; ".join(new.problems)
         self._publish_metrics(new)
+        if current is not None:
+            release_unused(current, new)
         return ReloadResult("success", f"experiment {definition.name!r}: " + ", ".join(
             f"{n}={v if v is not None else '-'}" for n, v in new.versions().items()), refused_now)
 
@@ -337,12 +377,135 @@ class ServingLoader:
             self._thread = None
 
     def _watch(self) -> None:
-        # Validating a new version hashes and scans the whole file (hundreds of MB): at a lower CPU
-        # priority (Linux niceness is per thread) it yields the cores to the request threads.
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WATCHER_NICENESS)
-        except (AttributeError, OSError):
-            pass
+        # The whole-file checks run in a low-priority process (ModelStore.load); this thread keeps the
+        # default priority on purpose: a lowered thread can be preempted while it holds the GIL, and
+        # the request thread then waits for the GIL as long as the scheduler keeps this one off a core.
         jitter = random.Random()  # workers poll out of step, so they do not all validate at once
         while not self._stop.wait(self.poll_seconds * (1 + 0.5 * jitter.random())):
             self.reload()
+
+
+# ---- whole-file validation (in a separate process) and page residency ---------------------------
+
+def _refusal_reason(text: str) -> str:
+    return ("size" if "over the limit" in text else "nonfinite" if "non-finite" in text or "bias is" in text
+            else "checksum" if "checksum" in text else "format")
+
+
+def _marker_path(local: Path) -> Path:
+    return local.with_name(local.name + ".verified")
+
+
+def _identity(local: Path) -> dict[str, int]:
+    st = local.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
+
+
+def verified_marker_matches(local: Path, sha256: str) -> bool:
+    """True when `local` is the very file (size, mtime, inode) a validation passed for, with this sha256.
+
+    Lets the second worker (and a restart) skip re-reading hundreds of MB: the
+    marker is written only after every whole-file check passed, and a new
+    download is a new inode.
+    """
+    try:
+        marker = json.loads(_marker_path(local).read_text())
+        return marker.get("sha256") == sha256 and marker.get("file") == _identity(local)
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def validate_version(storage: str, entry: dict, local_dir: str, max_bytes: int | None = None) -> dict:
+    """Fetch one version's file (sha256-verified against the manifest) and run the checks that read it
+    whole: section checksums and finite weights. Returns {"ok", "path"} or {"ok": False, "reason",
+    "message"}; on success leaves a marker beside the file (see `verified_marker_matches`)."""
+    from types import SimpleNamespace
+
+    from ctrops.artifact.format import load_model
+    from ctrops.artifact.manifest import fetch_model
+
+    try:
+        path = Path(fetch_model(storage, SimpleNamespace(**entry), local_dir))
+    except Exception as exc:  # missing file, sha256 mismatch, storage trouble
+        return {"ok": False, "reason": "fetch", "message": str(exc)}
+    try:
+        load_model(path, mmap=True, verify=True, max_bytes=max_bytes).close()
+    except ModelFileError as exc:
+        return {"ok": False, "reason": _refusal_reason(str(exc)), "message": str(exc)}
+    marker = _marker_path(path)
+    tmp = marker.with_name(f".{marker.name}.{os.getpid()}")
+    tmp.write_text(json.dumps({"sha256": entry["sha256"], "file": _identity(path),
+                               "checks": ["sha256", "section checksums", "finite weights"]}))
+    os.replace(tmp, marker)
+    return {"ok": True, "path": str(path)}
+
+
+MADV_DONTNEED = 4         # Linux: drop this mapping's page-table entries (file pages stay cached)
+MADV_POPULATE_READ = 22   # Linux >= 5.14: map every page now (reads them into the page cache if needed)
+
+
+def advise(predictor: Any, advice: int) -> bool:
+    """madvise() over a predictor's model mapping, through ctypes so the GIL is released meanwhile.
+
+    POPULATE_READ before a swap moves the new file's page faults (a few
+    thousand per request at first, one per feature row touched) off the
+    request path; DONTNEED on a retired model tears its page tables down here
+    instead of in whichever thread drops the last reference. Both are safe
+    while a request still scores with the mapping: file pages fault back in.
+    False when the platform or the object does not allow it (nothing to do).
+    """
+    buf = getattr(getattr(predictor, "_model", None), "_buffer", None)
+    if sys.platform != "linux" or buf is None or isinstance(buf, bytes):
+        return False
+    try:
+        import ctypes
+        view = np.frombuffer(buf, dtype=np.uint8)
+    except (ValueError, TypeError):  # closed map
+        return False
+    libc = _libc()
+    if libc is None or view.size == 0:
+        return False
+    rc = libc.madvise(ctypes.c_void_p(view.ctypes.data), ctypes.c_size_t(view.size), ctypes.c_int(advice))
+    return rc == 0
+
+
+_libc_handle: Any = None
+
+
+def _libc() -> Any:
+    global _libc_handle
+    if _libc_handle is None:
+        import ctypes
+        try:
+            _libc_handle = ctypes.CDLL(None, use_errno=True)
+            _libc_handle.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+            _libc_handle.madvise.restype = ctypes.c_int
+        except (OSError, AttributeError):
+            _libc_handle = False
+    return _libc_handle or None
+
+
+def release_unused(old: ServingState, new: ServingState) -> None:
+    """Tear down the page tables of models the new state no longer uses (see `advise`)."""
+    keep = {id(am.predictor) for am in new.arms.values() if am.predictor is not None}
+    for am in old.arms.values():
+        if am.predictor is not None and id(am.predictor) not in keep:
+            advise(am.predictor, MADV_DONTNEED)
+
+
+def _main(argv: list[str]) -> int:
+    """`python -m ctrops.serve.loader validate '<json job>'`: the validation process (prints one JSON line)."""
+    if len(argv) != 2 or argv[0] != "validate":
+        print("usage: python -m ctrops.serve.loader validate '<json job>'", file=sys.stderr)
+        return 2
+    try:
+        os.nice(0)  # started through `nice` where available; nothing to change otherwise
+        result = validate_version(**json.loads(argv[1]))
+    except Exception as exc:
+        result = {"ok": False, "reason": "fetch", "message": f"{type(exc).__name__}: {exc}"}
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))
