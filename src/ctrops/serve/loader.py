@@ -419,6 +419,18 @@ def validate_version(storage: str, entry: dict, local_dir: str, max_bytes: int |
     """Fetch one version's file (sha256-verified against the manifest) and run the checks that read it
     whole: section checksums and finite weights. Returns {"ok", "path"} or {"ok": False, "reason",
     "message"}; on success leaves a marker beside the file (see `verified_marker_matches`)."""
+    import fcntl
+
+    Path(local_dir).mkdir(parents=True, exist_ok=True)
+    with open(Path(local_dir) / ".validate.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # workers noticing a version together: one reads it, the rest wait
+        local = Path(local_dir) / str(entry["path"])
+        if verified_marker_matches(local, str(entry["sha256"])):
+            return {"ok": True, "path": str(local)}
+        return _validate_locked(storage, entry, local_dir, max_bytes)
+
+
+def _validate_locked(storage: str, entry: dict, local_dir: str, max_bytes: int | None) -> dict:
     from types import SimpleNamespace
 
     from ctrops.artifact.format import load_model
