@@ -7,6 +7,11 @@ Rows: 39 entries, one per field, feature ids drawn with a Zipf-like popularity.
 Measured (medians of repeats):
 - batch: rows/s of `scoring.predict_proba` on 1 and 2 threads vs a vectorised
   NumPy scorer of the same model (pairs gathered with fancy indexing in chunks);
+- batch, against LIBFFM in the same run: `ffm_predict` of LIBFFM (through
+  `pylibffm.Model.predict`, in its own virtualenv, built by
+  benchmarks/setup_baselines.sh) on the same rows held in memory, with a
+  model of the same size; stricter than the issue's baseline (ffm-predict as
+  a whole process on a text file, 55-75k rows/s here), which also parses;
 - request: microseconds for one request of 100 candidates (30 context fields +
   9 ad fields) through `scoring.score_candidates` vs scoring the same 100 full
   rows with the batch kernel and with NumPy; cycling through 50 requests of
@@ -19,8 +24,13 @@ Measured (medians of repeats):
 from __future__ import annotations
 
 import argparse
+import os
+import re
+import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -78,6 +88,54 @@ class NumpyFFM:
             z = self.p.bias + (self.p.linear[j] * v).sum(axis=1) + r * pair
             out[s:s + self.chunk] = 1.0 / (1.0 + np.exp(-z))
         return out
+
+
+BASE_PY = Path(os.environ.get("CTROPS_BASELINE_PYTHON") or
+               Path(__file__).resolve().parents[1] / "bench-out/baselines-venv/bin/python")
+
+
+def libffm_rows_per_second(X: FieldMatrix, repeats: int, threads: int) -> float | None:
+    """LIBFFM's in-memory prediction speed on the same rows (None when the baseline venv is missing).
+
+    LIBFFM numbers (field, feature) pairs as columns; the last pair takes the last
+    feature number, so LIBFFM allocates a model as large as ctrops' (it sizes the
+    model by the largest column). One training pass gives it a model to score with.
+    """
+    if not BASE_PY.exists():
+        return None
+    key = X.fields.astype(np.int64) * (X.n_features + 1) + X.indices
+    uniq, inv = np.unique(key, return_inverse=True)
+    col_ids = np.arange(len(uniq), dtype=np.int64)
+    col_ids[-1] = max(len(uniq), X.n_features) - 1
+    col_fields = np.zeros(col_ids[-1] + 1, dtype=np.int32)
+    col_fields[col_ids] = (uniq // (X.n_features + 1)).astype(np.int32)
+    with tempfile.TemporaryDirectory() as tmp:
+        npz = Path(tmp) / "rows.npz"
+        np.savez(npz, indptr=X.indptr, cols=col_ids[inv].astype(np.int32), fields=col_fields,
+                 y=(np.arange(X.n_rows) % 4 == 0).astype(np.float32))
+        script = f"""
+import time, statistics, numpy as np, scipy.sparse as sp, pylibffm
+d = np.load({str(npz)!r})
+x = sp.csr_matrix((np.ones(len(d['cols']), dtype=np.float32), d['cols'], d['indptr']),
+                  shape=(len(d['indptr']) - 1, len(d['fields'])))
+m = pylibffm.train(x, d['y'], d['fields'], {tmp!r}, dict(nr_iters=1, k=4, normalization=True))
+m.W = np.ascontiguousarray(m.W)  # pylibffm hands back a strided view, which it would copy on every call
+m.predict(x, d['fields'])
+def median_time(rows):
+    times = []
+    for _ in range({repeats}):
+        t = time.perf_counter(); m.predict(rows, d['fields']); times.append(time.perf_counter() - t)
+    return statistics.median(times)
+# time one row too and keep the difference: LIBFFM's scoring time without pylibffm's per-call costs
+print('MEDIAN_SECONDS', median_time(x) - median_time(x[:1]))
+"""
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        res = subprocess.run([str(BASE_PY), "-c", script], capture_output=True, text=True, env=env, timeout=1800)
+    found = re.search(r"MEDIAN_SECONDS ([\d.e-]+)", res.stdout)
+    if res.returncode != 0 or not found:
+        print("  LIBFFM baseline failed:", res.stderr[-300:])
+        return None
+    return (X.n_rows - 1) / float(found.group(1))
 
 
 def median_seconds(fn, repeats: int) -> float:
@@ -139,6 +197,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  native 2 threads: {n_rows / t2:12,.0f} rows/s")
     print(f"  NumPy vectorised: {n_rows / tn:12,.0f} rows/s (timed on {np_rows} rows)")
     print(f"  ratio native 1 thread / NumPy: {tn / t1:.1f}x; 2 threads / NumPy: {tn / t2:.1f}x")
+    for threads, t in ((1, t1), (2, t2)):
+        lib = libffm_rows_per_second(X, repeats, threads)
+        if lib is None:
+            print(f"  LIBFFM not measured (no {BASE_PY}); the issue quotes ffm-predict at 55-75k rows/s here")
+            break
+        print(f"  LIBFFM ffm_predict in memory, OMP_NUM_THREADS={threads}: {lib:12,.0f} rows/s -> ctrops "
+              f"{threads} thread(s) / LIBFFM = {n_rows / t / lib:.1f}x")
 
     rng = np.random.default_rng(5)
     requests = [make_request(rng) for _ in range(50)]
