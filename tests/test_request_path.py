@@ -3,7 +3,9 @@
 `score_candidates` computes each distinct candidate feature's term with the
 context once per request; these tests make candidates share features heavily,
 also the same feature index under two fields (possible with hash indexing), so
-a wrong de-duplication would show.
+a wrong de-duplication would show. `FeatureEncoder.score_request` (what
+`Predictor.score` runs) encodes and scores in one native call and must equal
+encode_request followed by score_candidates.
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ import numpy as np
 import pytest
 from _models_data import random_params
 
+from ctrops.data.features import FeatureEncoder
+from ctrops.data.spec import FieldSpec
+from ctrops.errors import DataError
 from ctrops.models import reference, scoring
 
 
@@ -81,3 +86,69 @@ def test_many_candidates_equal_reference():
     indptr = np.arange(0, len(cf) + 1, 4, dtype=np.int64)
     got = scoring.score_candidates(params, *ctx, indptr, cf, cj, cx)
     np.testing.assert_allclose(got, _reference_probs(params, ctx, indptr, cf, cj, cx), atol=1e-6)
+
+
+# ------------------------------------------------------------------ encode + score in one call
+
+SPEC = FieldSpec.from_dict({
+    "label": "y",
+    "numeric": ["n", {"name": "r", "transform": "raw"}],
+    "categorical": ["a", "b", "c"],
+    "missing_values": ["null"],
+})
+POOL = {"n": [None, 0, 1, 2, 3, 4, 2.5, "3", "", "null", float("nan"), 10**12, -7],
+        "r": [None, 0.0, 1.5, -2, "4.25", ""],
+        "a": ["x", "y", "z", "", None, "null", 7, 7.0],
+        "b": ["b0", "b1", "b2", "b9", None, 3],
+        "c": ["once", "twice", None, float("nan")]}
+
+
+def _fitted(indexing, min_count):
+    rows = [{"y": i % 2, "n": i % 5, "r": float(i), "a": "x" if i < 20 else "y", "b": f"b{i % 3}",
+             "c": "once" if i == 0 else ("twice" if i in (1, 2) else None)} for i in range(30)]
+    return FeatureEncoder(SPEC, indexing=indexing, min_count=min_count, hash_space=500, seed=2).fit(rows)
+
+
+@pytest.mark.parametrize("model_type", ["ffm", "fm", "lr"])
+@pytest.mark.parametrize("indexing, min_count", [("vocab", 2), ("hash", 2), ("hash", 1)])
+def test_score_request_equals_encode_then_score(model_type, indexing, min_count):
+    """The fused native call gives exactly what encode_request + score_candidates give, on requests
+    where candidates override context fields, lack fields other candidates set, or carry ids."""
+    enc = _fitted(indexing, min_count)
+    params = random_params(model_type, enc.n_features_, SPEC.n_fields, 4, seed=3)
+    model = scoring.candidate_model(params)
+    rng = np.random.default_rng(9)
+    names = list(POOL)
+    for trial in range(80):
+        ctx = {n: POOL[n][rng.integers(len(POOL[n]))] for n in names if rng.random() < 0.6}
+        ctx["request_id"] = "ignored"
+        cands = [{n: POOL[n][rng.integers(len(POOL[n]))] for n in names if rng.random() < 0.4}
+                 for _ in range(int(rng.integers(0, 12)))]
+        e = enc.encode_request(ctx, cands)
+        want = scoring.score_candidates(params, *e)
+        got = enc.score_request(ctx, cands, model)
+        assert got.dtype == np.float64 and got.shape == (len(cands),)
+        np.testing.assert_array_equal(got, want)
+
+
+def test_score_request_rejects_a_model_that_does_not_fit_the_encoder():
+    enc = _fitted("vocab", 1)
+    small = random_params("ffm", 5, SPEC.n_fields, 4, seed=1)        # fewer features than the encoder makes
+    with pytest.raises(DataError, match="feature index .* outside \\[0, 5\\)"):
+        enc.score_request({"a": "x"}, [{"b": "b1"}], scoring.candidate_model(small))
+
+
+def test_predictor_scores_like_the_reference(tmp_path):
+    from ctrops.artifact.format import save_model
+    from ctrops.predict import Predictor
+
+    enc = _fitted("vocab", 1)
+    params = random_params("ffm", enc.n_features_, SPEC.n_fields, 4, seed=5)
+    save_model(tmp_path / "m.ctm", params, enc.to_header(), enc.arrays(), {})
+    ctx, cands = {"n": 3, "a": "x", "r": 1.5}, [{"b": "b1", "c": "once"}, {"b": "b2", "a": "y"}, {}]
+    with Predictor.from_file(tmp_path / "m.ctm") as p:
+        got = p.score(ctx, cands)
+    X = enc.transform([{**ctx, **c} for c in cands])
+    z = [reference.row_logit(params, X.fields[lo:hi], X.indices[lo:hi], X.values[lo:hi])
+         for lo, hi in zip(X.indptr[:-1], X.indptr[1:])]
+    np.testing.assert_allclose(got, 1 / (1 + np.exp(-np.array(z))), atol=1e-6)

@@ -42,8 +42,10 @@ class Predictor:
         self.path: Path = Path(model.path)
         self.checksum: str = model.checksum
         self.nbytes: int = int(model.nbytes)
-        self._score_candidates = scoring.score_candidates
         self._contributions = getattr(scoring, "contributions", None)
+        self._candidate_model = scoring.candidate_model(self.params)
+        # build the native request encoder (and its look-up table) now, not on the first request
+        self.encoder.encode_request({}, [])
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
@@ -74,9 +76,7 @@ class Predictor:
 
     def score(self, context: Mapping[str, Any], candidates: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """Click probability of each candidate shown in `context` (float64 array, input order)."""
-        e = self.encoder.encode_request(context, candidates)
-        return self._score_candidates(self.params, e.ctx_fields, e.ctx_indices, e.ctx_values,
-                                      e.cand_indptr, e.cand_fields, e.cand_indices, e.cand_values)
+        return self.encoder.score_request(context, candidates, self._candidate_model)
 
     def explain(self, context: Mapping[str, Any], candidate: Mapping[str, Any]) -> dict[str, Any]:
         """Features one candidate was scored with and the weights that contributed (for debug logs).

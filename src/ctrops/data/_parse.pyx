@@ -34,6 +34,7 @@ import numpy as np
 from cython.parallel cimport prange
 
 from ctrops.data._hashing cimport field_state, key_bytes, key_from_state, key_of
+from ctrops.models._ffm cimport CandidateModel, CandidateRequest, entries_ok, score_request
 
 cnp.import_array()
 
@@ -58,6 +59,9 @@ KIND_LOG2BIN = 1
 KIND_RAW = 2
 
 cdef enum:
+    # scoring requests a candidate's weight rows this many candidates after hashing its values,
+    # by when the table slots prefetched at hashing time have arrived
+    REQUEST_LAG = 4
     NUMBUF = 64
     NAME_CACHE_BITS = 8
     NAME_CACHE = 256
@@ -777,6 +781,81 @@ def encode_keys(const uint64_t[:, ::1] keys, const float[:, ::1] values, const u
 # the request path: raw Python values -> entries, in microseconds
 # ---------------------------------------------------------------------------
 
+cdef extern from *:
+    """
+    #include <stdlib.h>
+    #if defined(__linux__)
+    #include <sys/mman.h>
+    #endif
+    /* Memory for a table probed at random: 2 MiB-aligned and, on Linux, marked for transparent
+       huge pages, so a probe costs a cache miss but seldom a TLB miss (a page walk) on top. */
+    static void* ctr_table_alloc(size_t nbytes) {
+        void* p = NULL;
+        const size_t huge = (size_t)2 << 20;
+        const size_t align = nbytes >= huge ? huge : 64;
+        if (posix_memalign(&p, align, nbytes ? nbytes : 1) != 0) return NULL;
+    #if defined(__linux__) && defined(MADV_HUGEPAGE)
+        if (align == huge) madvise(p, nbytes, MADV_HUGEPAGE);
+    #endif
+        return p;
+    }
+    """
+    void* ctr_table_alloc(size_t nbytes) noexcept nogil
+
+
+cdef struct VocabSlot:
+    uint64_t key
+    int32_t value
+    int32_t unused
+
+
+cdef inline int32_t slot_find(const VocabSlot* t, uint64_t mask, uint64_t k) noexcept nogil:
+    cdef uint64_t s = k & mask
+    while t[s].key != 0:
+        if t[s].key == k:
+            return t[s].value
+        s = (s + 1) & mask
+    return -1
+
+
+@cython.final
+cdef class SlotTable:
+    """The vocabulary table with each key beside its value, for the request path.
+
+    The model file stores keys and values as two arrays (docs/contracts.md), so
+    a look-up there touches two cache lines; a request makes ~1,000 look-ups in
+    a table far larger than the cache, and they are what the encoder waits on.
+    This copy puts (key, value) in one 16-byte slot (same capacity, same slot
+    order) on huge pages: one miss per look-up, and few TLB misses. It costs 16
+    bytes per slot of private memory (32 MiB for a 1e6-value vocabulary).
+    """
+    cdef VocabSlot* slots
+    cdef readonly Py_ssize_t capacity
+
+    def __cinit__(self, const uint64_t[::1] keys, const int32_t[::1] values):
+        cdef Py_ssize_t cap = keys.shape[0], i
+        if values.shape[0] != cap:
+            raise ValueError(f"table keys ({cap}) and values ({values.shape[0]}) differ in length")
+        if cap & (cap - 1):
+            raise ValueError(f"table capacity {cap} is not a power of two")
+        self.capacity = cap
+        self.slots = <VocabSlot*>ctr_table_alloc(<size_t>max(cap, 1) * sizeof(VocabSlot))
+        if self.slots == NULL:
+            raise MemoryError(f"cannot allocate the {cap}-slot request table")
+        with nogil:
+            for i in range(cap):
+                self.slots[i].key = keys[i]
+                self.slots[i].value = values[i]
+                self.slots[i].unused = 0
+
+    def __dealloc__(self):
+        free(self.slots)
+
+    @property
+    def nbytes(self):
+        return self.capacity * sizeof(VocabSlot)
+
+
 @cython.final
 cdef class RequestEncoder:
     """Encodes one context dict and N candidate dicts of raw values.
@@ -786,33 +865,46 @@ cdef class RequestEncoder:
     candidate; all others once in the context part. Every joined row (context
     part + candidate part) holds exactly one entry per field, as `transform`.
     Names that are not fields are ignored.
+
+    `encode` returns the entries as arrays; `score` hands them straight to the
+    scoring kernel (one native call per request, no arrays in between).
     """
     cdef dict field_of
     cdef int n_fields
     cdef int32_t[::1] kinds
     cdef uint64_t[::1] raw_keys
-    cdef const uint64_t[::1] tk
-    cdef const int32_t[::1] tv
     cdef Py_ssize_t cap
     cdef uint64_t seed, hash_space
     cdef object missing
     cdef bint has_missing
     cdef list names
-    # scratch
+    cdef SlotTable table
+    # scratch: keys/values as encoded, then the output entries
     cdef int32_t* ctx_idx
     cdef uint64_t* ctx_key
-    cdef uint64_t* ent_k
     cdef float* ctx_val
     cdef uint8_t* ctx_set
     cdef uint8_t* in_cands
+    cdef uint64_t* ent_k
     cdef int32_t* ent_f
     cdef int32_t* ent_i
     cdef float* ent_v
     cdef Py_ssize_t ent_cap
-    # raw views of the arrays above (kept alive by the memoryviews)
+    cdef int32_t* oc_f
+    cdef int32_t* oc_i
+    cdef float* oc_v
+    cdef Py_ssize_t n_ctx_out
+    cdef int64_t* own_off
+    cdef int64_t* o_p
+    cdef Py_ssize_t cand_cap
+    cdef int32_t* o_f
+    cdef int32_t* o_i
+    cdef float* o_v
+    cdef Py_ssize_t out_cap
+    cdef Py_ssize_t n_c
+    # raw views of the arrays above (kept alive by the memoryviews / the table)
     cdef const int32_t* kinds_p
-    cdef const uint64_t* tk_p
-    cdef const int32_t* tv_p
+    cdef const VocabSlot* slots
     cdef uint64_t mask
     cdef uint64_t* states
     # name -> field cache by object identity: dict keys are usually the same
@@ -823,30 +915,34 @@ cdef class RequestEncoder:
     cdef list name_refs
     # scratch buffers are per object: a call that re-enters (another thread
     # running while this one is in Python code, e.g. str() of an odd value)
-    # works on a private copy instead
+    # works on a private copy instead (sharing the table)
     cdef bint busy
     cdef tuple init_args
 
     def __cinit__(self, list names, kinds, raw_keys, table_keys, table_values,
-                  unsigned long long seed, unsigned long long hash_space, missing_values=()):
+                  unsigned long long seed, unsigned long long hash_space, missing_values=(),
+                  SlotTable table=None):
         cdef Py_ssize_t f
         self.names = names
-        self.init_args = (names, kinds, raw_keys, table_keys, table_values, seed, hash_space, missing_values)
         self.busy = False
         self.n_fields = len(names)
         self.field_of = {name: f for f, name in enumerate(names)}
         self.kinds = np.ascontiguousarray(kinds, dtype=np.int32)
         self.raw_keys = np.ascontiguousarray(raw_keys, dtype=np.uint64)
-        self.tk = table_keys
-        self.tv = table_values
-        self.cap = table_keys.shape[0]
+        self.cap = len(table_keys)
         if self.cap == 0 and hash_space == 0:
             raise ValueError("hash_space must be positive when there is no table")
+        if table is None:
+            table = SlotTable(table_keys, table_values)
+        elif table.capacity != self.cap:
+            raise ValueError(f"slot table capacity {table.capacity} differs from the table's {self.cap}")
+        self.table = table
+        self.init_args = (names, kinds, raw_keys, table_keys, table_values, seed, hash_space, missing_values,
+                          table)
         self.seed = seed
         self.hash_space = hash_space
         self.kinds_p = &self.kinds[0] if self.n_fields > 0 else NULL
-        self.tk_p = &self.tk[0] if self.cap > 0 else NULL
-        self.tv_p = &self.tv[0] if self.cap > 0 else NULL
+        self.slots = table.slots
         self.mask = <uint64_t>(self.cap - 1) if self.cap > 0 else 0
         self.name_refs = [None] * NAME_CACHE
         for f in range(NAME_CACHE):
@@ -860,47 +956,78 @@ cdef class RequestEncoder:
         self.ctx_val = <float*>malloc(nf * sizeof(float))
         self.ctx_set = <uint8_t*>malloc(nf)
         self.in_cands = <uint8_t*>malloc(nf)
-        self.ent_cap = 4096
-        self.ent_f = <int32_t*>malloc(self.ent_cap * sizeof(int32_t))
-        self.ent_i = <int32_t*>malloc(self.ent_cap * sizeof(int32_t))
-        self.ent_v = <float*>malloc(self.ent_cap * sizeof(float))
-        self.ent_k = <uint64_t*>malloc(self.ent_cap * sizeof(uint64_t))
-        if self.ctx_key == NULL or self.ent_k == NULL:
-            raise MemoryError()
+        self.oc_f = <int32_t*>malloc(nf * sizeof(int32_t))
+        self.oc_i = <int32_t*>malloc(nf * sizeof(int32_t))
+        self.oc_v = <float*>malloc(nf * sizeof(float))
         self.states = <uint64_t*>malloc(nf * sizeof(uint64_t))
-        if self.states == NULL:
+        self.ent_cap = 0
+        self.cand_cap = 0
+        self.out_cap = 0
+        if (self.ctx_idx == NULL or self.ctx_key == NULL or self.ctx_val == NULL or self.ctx_set == NULL
+                or self.in_cands == NULL or self.oc_f == NULL or self.oc_i == NULL or self.oc_v == NULL
+                or self.states == NULL):
             raise MemoryError()
         for f in range(self.n_fields):
             self.states[f] = field_state(<uint32_t>f, seed)
-        if (self.ctx_idx == NULL or self.ctx_val == NULL or self.ctx_set == NULL or self.in_cands == NULL
-                or self.ent_f == NULL or self.ent_i == NULL or self.ent_v == NULL):
-            raise MemoryError()
+        self._reserve(4096)
+        self._reserve_cands(256)
+        self._reserve_out(4096)
 
     def __dealloc__(self):
         free(self.ctx_key)
-        free(self.ent_k)
         free(self.states)
         free(self.ctx_idx)
         free(self.ctx_val)
         free(self.ctx_set)
         free(self.in_cands)
+        free(self.oc_f)
+        free(self.oc_i)
+        free(self.oc_v)
+        free(self.ent_k)
         free(self.ent_f)
         free(self.ent_i)
         free(self.ent_v)
+        free(self.own_off)
+        free(self.o_p)
+        free(self.o_f)
+        free(self.o_i)
+        free(self.o_v)
 
     cdef void _reserve(self, Py_ssize_t need) except *:
-        cdef Py_ssize_t cap = self.ent_cap
-        if need <= cap:
+        """Room for `need` encoded candidate entries."""
+        cdef Py_ssize_t cap = max(self.ent_cap, 16)
+        if need <= self.ent_cap:
             return
         while cap < need:
             cap *= 2
-        self.ent_f = <int32_t*>realloc(self.ent_f, cap * sizeof(int32_t))
-        self.ent_i = <int32_t*>realloc(self.ent_i, cap * sizeof(int32_t))
-        self.ent_v = <float*>realloc(self.ent_v, cap * sizeof(float))
-        self.ent_k = <uint64_t*>realloc(self.ent_k, cap * sizeof(uint64_t))
-        if self.ent_f == NULL or self.ent_i == NULL or self.ent_v == NULL or self.ent_k == NULL:
-            raise MemoryError()
+        self.ent_f = <int32_t*>_grow(self.ent_f, cap * sizeof(int32_t))
+        self.ent_i = <int32_t*>_grow(self.ent_i, cap * sizeof(int32_t))
+        self.ent_v = <float*>_grow(self.ent_v, cap * sizeof(float))
+        self.ent_k = <uint64_t*>_grow(self.ent_k, cap * sizeof(uint64_t))
         self.ent_cap = cap
+
+    cdef void _reserve_cands(self, Py_ssize_t need) except *:
+        """Room for the offsets of `need` candidates."""
+        cdef Py_ssize_t cap = max(self.cand_cap, 16)
+        if need + 1 <= self.cand_cap:
+            return
+        while cap < need + 1:
+            cap *= 2
+        self.own_off = <int64_t*>_grow(self.own_off, cap * sizeof(int64_t))
+        self.o_p = <int64_t*>_grow(self.o_p, cap * sizeof(int64_t))
+        self.cand_cap = cap
+
+    cdef void _reserve_out(self, Py_ssize_t need) except *:
+        """Room for `need` output candidate entries."""
+        cdef Py_ssize_t cap = max(self.out_cap, 16)
+        if need <= self.out_cap:
+            return
+        while cap < need:
+            cap *= 2
+        self.o_f = <int32_t*>_grow(self.o_f, cap * sizeof(int32_t))
+        self.o_i = <int32_t*>_grow(self.o_i, cap * sizeof(int32_t))
+        self.o_v = <float*>_grow(self.o_v, cap * sizeof(float))
+        self.out_cap = cap
 
     cdef inline int _field_of(self, PyObject* name) except -2:
         """Field number of a dict key, -1 if it is not a field."""
@@ -921,8 +1048,16 @@ cdef class RequestEncoder:
     cdef inline int _encode(self, int f, object v, uint64_t* key, float* val) except -1:
         """Stored key (0 = missing) and value of raw value v in field f; returns 1 if present.
 
-        Keys are turned into indices afterwards, all at once (see `_resolve`).
+        The key's table slot is requested at once, so the look-up (`_resolve`,
+        after all values are hashed) finds it in cache: the misses of a whole
+        request overlap with the hashing instead of queueing one by one.
         """
+        cdef int r = self._key(f, v, key, val)
+        if self.cap > 0 and key[0] != 0:
+            __builtin_prefetch(self.slots + (key[0] & self.mask))
+        return r
+
+    cdef inline int _key(self, int f, object v, uint64_t* key, float* val) except -1:
         cdef int kind = self.kinds_p[f]
         cdef const char* buf
         cdef Py_ssize_t n
@@ -1009,28 +1144,17 @@ cdef class RequestEncoder:
 
     cdef void _resolve(self, const uint64_t* keys, const int32_t* fields, int32_t* out,
                        Py_ssize_t n) noexcept nogil:
-        """Indices of n stored keys (field i of key i when `fields` is NULL).
-
-        All table slots are prefetched first: the look-ups of one request are
-        independent, so their cache misses overlap instead of queueing.
-        """
+        """Indices of n stored keys (field i of key i when `fields` is NULL); slots were prefetched."""
         cdef Py_ssize_t i
-        cdef uint64_t k, s
+        cdef uint64_t k
         cdef int32_t f, j
-        if self.cap > 0:
-            for i in range(n):
-                k = keys[i]
-                if k != 0:
-                    s = k & self.mask
-                    __builtin_prefetch(self.tk_p + s)
-                    __builtin_prefetch(self.tv_p + s)
         for i in range(n):
             f = fields[i] if fields != NULL else <int32_t>i
             k = keys[i]
             if k == 0:
                 out[i] = 2 * f
             elif self.cap > 0:
-                j = table_find(self.tk_p, self.tv_p, self.mask, k)
+                j = slot_find(self.slots, self.mask, k)
                 out[i] = j if j >= 0 else 2 * f + 1
             else:
                 out[i] = <int32_t>(2 * self.n_fields + <int64_t>(k % self.hash_space))
@@ -1038,26 +1162,71 @@ cdef class RequestEncoder:
     def encode(self, context, candidates):
         """(ctx_fields, ctx_indices, ctx_values, cand_indptr, cand_fields, cand_indices, cand_values)."""
         if self.busy:
-            return RequestEncoder(*self.init_args)._encode_all(context, candidates)
+            return RequestEncoder(*self.init_args).encode(context, candidates)
         self.busy = True
         try:
-            return self._encode_all(context, candidates)
+            self._encode_entries(context, candidates)
+            return self._arrays()
         finally:
             self.busy = False
 
-    cdef tuple _encode_all(self, context, candidates):
+    def score(self, context, candidates, CandidateModel model not None):
+        """Probabilities (float64, candidate order) of the candidates, encoded and scored in one call.
+
+        Equal to `score_candidates` of `encode`'s arrays; raises DataError if
+        an entry falls outside the model (an encoder and weights that disagree).
+        """
+        cdef CandidateRequest q
+        cdef cnp.npy_intp dims[1]
+        if self.busy:
+            return RequestEncoder(*self.init_args).score(context, candidates, model)
+        self.busy = True
+        try:
+            self._encode_entries(context, candidates, model.W if model.model_code == 0 else NULL,
+                                 model.sj * sizeof(float))
+            if not (entries_ok(self.oc_f, self.oc_i, self.n_ctx_out, model.n_fields, model.n_features)
+                    and entries_ok(self.o_f, self.o_i, self.o_p[self.n_c], model.n_fields, model.n_features)):
+                raise _model_mismatch(model.n_fields, model.n_features, self._arrays())
+            dims[0] = self.n_c
+            out = cnp.PyArray_EMPTY(1, dims, cnp.NPY_FLOAT64, 0)
+            model.fill(&q)
+            q.xf, q.xj, q.xv, q.nc = self.oc_f, self.oc_i, self.oc_v, self.n_ctx_out
+            q.cptr, q.cf, q.cj, q.cv, q.n_cand = self.o_p, self.o_f, self.o_i, self.o_v, self.n_c
+            q.out = <double*>cnp.PyArray_DATA(out)
+            score_request(&q)
+            return out
+        finally:
+            self.busy = False
+
+    cdef tuple _arrays(self):
+        """The entries of the last `_encode_entries` as new arrays."""
+        cdef Py_ssize_t total = self.o_p[self.n_c]
+        return (_copy_array(self.oc_f, self.n_ctx_out, cnp.NPY_INT32),
+                _copy_array(self.oc_i, self.n_ctx_out, cnp.NPY_INT32),
+                _copy_array(self.oc_v, self.n_ctx_out, cnp.NPY_FLOAT32),
+                _copy_array(self.o_p, self.n_c + 1, cnp.NPY_INT64),
+                _copy_array(self.o_f, total, cnp.NPY_INT32),
+                _copy_array(self.o_i, total, cnp.NPY_INT32),
+                _copy_array(self.o_v, total, cnp.NPY_FLOAT32))
+
+    cdef int _encode_entries(self, context, candidates, const float* W=NULL, Py_ssize_t row_bytes=0) except -1:
+        """Encode into the scratch outputs: oc_* (n_ctx_out context entries), o_p (n_c + 1 offsets), o_*.
+
+        With W (scoring), each entry's weight row is requested as soon as its
+        index is known, a few candidates behind the hashing: the rows' cache
+        misses then overlap the work on the Python objects of later candidates
+        instead of all waiting for the scoring kernel.
+        """
         cdef int nf = self.n_fields, f
-        cdef Py_ssize_t pos, n_c, c, ne = 0, e, n_ctx = 0, in_count = 0, total, w, own
+        cdef Py_ssize_t pos, n_c, c, ne = 0, e, n_ctx = 0, in_count = 0, w, own, done = 0, upto
         cdef PyObject* pk
         cdef PyObject* pv
-        cdef PyObject* pf
         cdef list cand_list
-        cdef cnp.npy_intp dims[1]
+        cdef int64_t* own_off
+        cdef int64_t* o_p
         cdef int32_t* o_f
         cdef int32_t* o_i
         cdef float* o_v
-        cdef int64_t* o_p
-        cdef int64_t* own_off
         for f in range(nf):
             self.ctx_key[f] = 0
             self.ctx_val[f] = 1.0
@@ -1074,12 +1243,15 @@ cdef class RequestEncoder:
                     continue
                 self._encode(f, <object>pv, &self.ctx_key[f], &self.ctx_val[f])
                 self.ctx_set[f] = 1
+        if W != NULL:
+            self._resolve(self.ctx_key, NULL, self.ctx_idx, nf)
+            for f in range(nf):
+                _prefetch_span(W + <Py_ssize_t>self.ctx_idx[f] * (row_bytes // sizeof(float)), row_bytes)
         # candidates, first pass: own entries into scratch
         cand_list = candidates if type(candidates) is list else list(candidates)
         n_c = PyList_GET_SIZE(cand_list)
-        dims[0] = n_c + 1
-        offsets_a = cnp.PyArray_EMPTY(1, dims, cnp.NPY_INT64, 0)
-        own_off = <int64_t*>cnp.PyArray_DATA(offsets_a)
+        self._reserve_cands(n_c)
+        own_off = self.own_off
         own_off[0] = 0
         for c in range(n_c):
             cand = <object>PyList_GET_ITEM(cand_list, c)
@@ -1098,38 +1270,27 @@ cdef class RequestEncoder:
                     in_count += 1
                 ne += 1
             own_off[c + 1] = ne
-        self._resolve(self.ctx_key, NULL, self.ctx_idx, nf)
-        self._resolve(self.ent_k, self.ent_f, self.ent_i, ne)
+            if W != NULL and c >= REQUEST_LAG:
+                upto = own_off[c - REQUEST_LAG + 1]
+                self._resolve(self.ent_k + done, self.ent_f + done, self.ent_i + done, upto - done)
+                for e in range(done, upto):
+                    _prefetch_span(W + <Py_ssize_t>self.ent_i[e] * (row_bytes // sizeof(float)), row_bytes)
+                done = upto
+        if W == NULL:
+            self._resolve(self.ctx_key, NULL, self.ctx_idx, nf)
+        self._resolve(self.ent_k + done, self.ent_f + done, self.ent_i + done, ne - done)
         # context part: fields no candidate sets
-        for f in range(nf):
-            if not self.in_cands[f]:
-                n_ctx += 1
-        dims[0] = n_ctx
-        ctx_f_a = cnp.PyArray_EMPTY(1, dims, cnp.NPY_INT32, 0)
-        ctx_i_a = cnp.PyArray_EMPTY(1, dims, cnp.NPY_INT32, 0)
-        ctx_v_a = cnp.PyArray_EMPTY(1, dims, cnp.NPY_FLOAT32, 0)
-        o_f = <int32_t*>cnp.PyArray_DATA(ctx_f_a)
-        o_i = <int32_t*>cnp.PyArray_DATA(ctx_i_a)
-        o_v = <float*>cnp.PyArray_DATA(ctx_v_a)
         w = 0
         for f in range(nf):
             if not self.in_cands[f]:
-                o_f[w] = f
-                o_i[w] = self.ctx_idx[f]
-                o_v[w] = self.ctx_val[f]
+                self.oc_f[w] = f
+                self.oc_i[w] = self.ctx_idx[f]
+                self.oc_v[w] = self.ctx_val[f]
                 w += 1
+        self.n_ctx_out = w
         # candidate part: own entries, then context/missing for candidate fields it lacks
-        total = n_c * in_count
-        dims[0] = total
-        cf_a = cnp.PyArray_EMPTY(1, dims, cnp.NPY_INT32, 0)
-        ci_a = cnp.PyArray_EMPTY(1, dims, cnp.NPY_INT32, 0)
-        cv_a = cnp.PyArray_EMPTY(1, dims, cnp.NPY_FLOAT32, 0)
-        dims[0] = n_c + 1
-        indptr_a = cnp.PyArray_EMPTY(1, dims, cnp.NPY_INT64, 0)
-        o_f = <int32_t*>cnp.PyArray_DATA(cf_a)
-        o_i = <int32_t*>cnp.PyArray_DATA(ci_a)
-        o_v = <float*>cnp.PyArray_DATA(cv_a)
-        o_p = <int64_t*>cnp.PyArray_DATA(indptr_a)
+        self._reserve_out(n_c * in_count)
+        o_p, o_f, o_i, o_v = self.o_p, self.o_f, self.o_i, self.o_v
         w = 0
         o_p[0] = 0
         for c in range(n_c):
@@ -1152,7 +1313,45 @@ cdef class RequestEncoder:
                 for e in range(own_off[c], own_off[c + 1]):
                     self.ctx_set[self.ent_f[e]] &= 1
             o_p[c + 1] = w
-        return ctx_f_a, ctx_i_a, ctx_v_a, indptr_a, cf_a, ci_a, cv_a
+        self.n_c = n_c
+        return 0
+
+
+cdef inline void _prefetch_span(const void* p, Py_ssize_t nbytes) noexcept nogil:
+    """Request every cache line of [p, p + nbytes) (rows are not line-aligned)."""
+    cdef size_t a = <size_t>p & ~(<size_t>63)
+    cdef size_t end = <size_t>p + <size_t>nbytes
+    while a < end:
+        __builtin_prefetch(<const void*>a)
+        a += 64
+
+
+cdef void* _grow(void* p, size_t nbytes) except NULL:
+    cdef void* q = realloc(p, nbytes)
+    if q == NULL:
+        raise MemoryError()
+    return q
+
+
+cdef object _copy_array(const void* src, Py_ssize_t n, int typenum):
+    cdef cnp.npy_intp dims[1]
+    dims[0] = n
+    arr = cnp.PyArray_EMPTY(1, dims, typenum, 0)
+    if n > 0:
+        memcpy(cnp.PyArray_DATA(arr), src, <size_t>n * cnp.PyArray_ITEMSIZE(arr))
+    return arr
+
+
+def _model_mismatch(int n_fields, Py_ssize_t n_features, tuple entries):
+    from ctrops.errors import DataError
+    for name, arr, limit in (("context field", entries[0], n_fields), ("context feature index", entries[1], n_features),
+                             ("candidate field", entries[4], n_fields),
+                             ("candidate feature index", entries[5], n_features)):
+        if arr.size and (arr.min() < 0 or arr.max() >= limit):
+            bad = int(arr.min()) if arr.min() < 0 else int(arr.max())
+            return DataError(f"{name} {bad} outside [0, {limit}) of the model: the encoder and the weights "
+                             f"do not belong together")
+    return DataError("an entry is outside the model's fields or features")
 
 
 def categorical_token(v):

@@ -31,6 +31,7 @@ prefetched, which hides much of the memory latency that dominates an epoch
 on a 1e6-feature model.
 """
 
+cimport cython
 from libc.math cimport exp, log1p, sqrt, fabs
 from libc.stdint cimport int32_t, int64_t, uint64_t
 from libc.stdlib cimport malloc, free
@@ -755,8 +756,8 @@ def predict_logits(int model_code,
     return out
 
 
-cdef inline bint _entries_ok(const int32_t* f, const int32_t* j, Py_ssize_t n,
-                             int n_fields, Py_ssize_t n_features) noexcept nogil:
+cdef bint entries_ok(const int32_t* f, const int32_t* j, Py_ssize_t n,
+                     int n_fields, Py_ssize_t n_features) noexcept nogil:
     cdef Py_ssize_t a
     for a in range(n):
         if f[a] < 0 or f[a] >= n_fields or j[a] < 0 or j[a] >= n_features:
@@ -776,29 +777,6 @@ cdef inline bint _is_vec(object arr, int typenum, Py_ssize_t n):
 # (measured on the 1e6-feature bench model: 8 to 64 score alike, 1 is 15% slower)
 cdef enum:
     REQUEST_PREFETCH_AHEAD = 16
-
-
-cdef struct CandidateRequest:
-    # one context and N candidates, arrays already checked (see score_candidates)
-    int model_code
-    const float* W
-    Py_ssize_t sj
-    Py_ssize_t sf
-    int k
-    const float* L
-    double bias
-    bint normalize
-    int n_fields
-    const int32_t* xf
-    const int32_t* xj
-    const float* xv
-    Py_ssize_t nc
-    const int64_t* cptr
-    const int32_t* cf
-    const int32_t* cj
-    const float* cv
-    Py_ssize_t n_cand
-    double* out
 
 
 cdef struct RequestScratch:
@@ -875,10 +853,48 @@ def score_candidates(int model_code, object latent, Py_ssize_t sj, Py_ssize_t sf
     q.cv = <const float*>cnp.PyArray_DATA(<cnp.ndarray>cand_values)
     q.n_cand = n_cand
     q.out = <double*>cnp.PyArray_DATA(<cnp.ndarray>out)
-    if not _entries_ok(q.xf, q.xj, nc, n_fields, n_features) or not _entries_ok(q.cf, q.cj, nn, n_fields,
+    if not entries_ok(q.xf, q.xj, nc, n_fields, n_features) or not entries_ok(q.cf, q.cj, nn, n_fields,
                                                                                  n_features):
         return 2
     return score_request(&q)
+
+
+@cython.final
+cdef class CandidateModel:
+    """A model's weights checked once for the request path (`score_request`, and the encoder's
+    fused encode-and-score call): per request only the request's own arrays need checking.
+
+    latent/linear must be float32 C-contiguous (see scoring.as_native) or None.
+    """
+
+    def __init__(self, str model_type, object latent, object linear, double bias, bint normalize,
+                 int n_fields, Py_ssize_t n_features, int k):
+        if model_type not in MODEL_CODES:
+            raise ValueError(f"unknown model type {model_type!r}")
+        self.model_code = MODEL_CODES[model_type]
+        if self.model_code == 2:
+            latent = None
+        if latent is not None and not _is_vec(latent, cnp.NPY_FLOAT32, 0):
+            raise ValueError("latent weights must be a float32 C-contiguous array")
+        if linear is not None and not _is_vec(linear, cnp.NPY_FLOAT32, n_features):
+            raise ValueError(f"linear weights must be a float32 C-contiguous array of {n_features}")
+        if k > CTR_MAXK:
+            raise ValueError(f"k={k} exceeds the supported maximum {CTR_MAXK}")
+        self.k = k
+        self.sf = k if self.model_code == 0 else 0
+        self.sj = n_fields * k if self.model_code == 0 else k
+        if latent is not None and cnp.PyArray_SIZE(<cnp.ndarray>latent) < n_features * self.sj:
+            raise ValueError(f"latent weights hold {cnp.PyArray_SIZE(<cnp.ndarray>latent)} floats, "
+                             f"the model needs {n_features * self.sj}")
+        self.latent, self.linear = latent, linear
+        self.W = <const float*>cnp.PyArray_DATA(<cnp.ndarray>latent) if latent is not None else NULL
+        self.L = <const float*>cnp.PyArray_DATA(<cnp.ndarray>linear) if linear is not None else NULL
+        self.bias, self.normalize, self.n_fields, self.n_features = bias, normalize, n_fields, n_features
+
+    cdef int fill(self, CandidateRequest* q) noexcept:
+        q.model_code, q.W, q.sj, q.sf, q.k = self.model_code, self.W, self.sj, self.sf, self.k
+        q.L, q.bias, q.normalize, q.n_fields = self.L, self.bias, self.normalize, self.n_fields
+        return 0
 
 
 cdef int score_request(CandidateRequest* q) except -1:

@@ -40,6 +40,14 @@ def as_native(params: ModelParams) -> ModelParams:
                        extra=params.extra)
 
 
+def candidate_model(params: ModelParams) -> "_ffm.CandidateModel":
+    """The model's weights checked once for the request path (`FeatureEncoder.score_request`)."""
+    params = as_native(params)
+    latent = None if params.latent is None else params.latent.reshape(-1)
+    return _ffm.CandidateModel(params.model_type, latent, params.linear, float(params.bias), bool(params.normalize),
+                               int(params.n_fields), int(params.n_features), int(params.k))
+
+
 def _layout(params: ModelParams) -> tuple[int, int, int]:
     """(model code, floats per feature, floats per field) of the model layout."""
     code = _ffm.MODEL_CODES[params.model_type]
