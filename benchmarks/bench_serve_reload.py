@@ -148,7 +148,7 @@ def main() -> None:
         memory = server.memory()
     finally:
         server.stop()
-    per_sec = res.pop("per_second_p99_ms")
+    per_sec = res["per_second_p99_ms"]
     swap_secs: set[int] = set()
     for e in events:
         span = e["all_workers_swapped_after_s"] if e["all_workers_swapped_after_s"] is not None else duration / 4
@@ -165,6 +165,8 @@ def main() -> None:
               "memory_end": memory, "model_mib": round(size_mb, 1),
               "reload_successes": [line for line in metrics.splitlines()
                                    if line.startswith('ctrops_reloads_total{outcome="success"}')]}
+    print("  p99 per second (ms): " + " ".join(f"{'*' if s in swap_secs else ''}{v:.0f}" for s, v in enumerate(per_sec))
+          + "   (* = in a swap window)", flush=True)
     print(f"{rate:.0f} req/s for {duration:.0f} s with 3 swaps ({load.kind}): errors {res['errors']}, achieved "
           f"{res.get('achieved_rps')} req/s, p99 {res['p99_ms']} ms; worst 1-s p99 in the swap windows "
           f"{result['worst_second_p99_during_swaps_ms']} ms vs steady median 1-s p99 "

@@ -288,3 +288,11 @@ def test_swap_tears_down_the_retired_mapping_and_in_flight_scoring_still_works(t
     np.testing.assert_array_equal(old.score(CONTEXT, CANDIDATES), before)  # pages fault back in from the file
     if sys.platform == "linux":
         assert loader_mod.advise(loader.state.arms["production"].predictor, loader_mod.MADV_POPULATE_READ)
+
+
+def test_local_storage_is_linked_into_the_cache_not_copied(tmp_path):
+    publish(tmp_path, make_model_parts("ffm", seed=1), 1)
+    assert build_loader(config(tmp_path)).reload().outcome == "success"
+    cached = next((tmp_path / "cache" / NAME / "1").rglob("*.ctm"))
+    stored = tmp_path / "store" / "models" / NAME / "1" / "model.ctm"
+    assert cached.stat().st_ino == stored.stat().st_ino

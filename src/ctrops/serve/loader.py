@@ -159,6 +159,8 @@ class ModelStore:
         argv = [sys.executable, "-m", "ctrops.serve.loader", "validate", json.dumps(job)]
         if shutil.which("nice"):
             argv = ["nice", "-n", str(VALIDATOR_NICENESS)] + argv
+        if shutil.which("ionice"):  # idle I/O class: its reads and writes wait for everyone else's
+            argv = ["ionice", "-c", "3"] + argv
         try:
             proc = subprocess.run(argv, capture_output=True, text=True, timeout=self.validate_timeout)
         except subprocess.TimeoutExpired:
