@@ -12,11 +12,16 @@ Load generators:
   hide its queueing (no coordinated omission).
 - `run_wrk`: wrk (closed loop, `apt-get install wrk`) with a Lua script that
   cycles through pre-built bodies, for maximum throughput.
+- `run_wrk_paced`: the same wrk script on a fixed schedule (open loop, latency
+  from the scheduled send time). It costs about a tenth of the Python client's
+  CPU per request, which matters when client and server share two cores; both
+  report their own CPU use.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -194,11 +199,11 @@ def start(name: str, argv: list[str], port: int, ready_path: str, env: dict | No
 
 
 def ctrops_config(storage: Path, port: int, workers: int, runtime: str, log_dir: Path | None,
-                  poll_seconds: float = 0, token: str = "bench-token") -> Path:
+                  poll_seconds: float = 0, token: str = "bench-token", interface: str = "rsgi") -> Path:
     cfg = {"model": {"storage": str(storage), "name": MODEL_NAME, "cache_dir": str(OUT / "cache"),
                      "poll_seconds": poll_seconds},
            "server": {"host": "127.0.0.1", "port": port, "workers": workers, "runtime": runtime,
-                      "admin_token": token},
+                      "admin_token": token, "interface": interface},
            "experiment": {"name": "bench", "salt": "b", "arms": [
                {"name": "production", "share": 95, "model": "production"},
                {"name": "random", "share": 5, "random": True}]}}
@@ -211,9 +216,9 @@ def ctrops_config(storage: Path, port: int, workers: int, runtime: str, log_dir:
 
 
 def start_ctrops(storage: Path, workers: int = 2, runtime: str = "granian", log_dir: Path | None = None,
-                 poll_seconds: float = 0) -> Server:
+                 poll_seconds: float = 0, interface: str = "rsgi") -> Server:
     port = free_port()
-    cfg = ctrops_config(storage, port, workers, runtime, log_dir, poll_seconds)
+    cfg = ctrops_config(storage, port, workers, runtime, log_dir, poll_seconds, interface=interface)
     mp = OUT / f"prom-{port}"
     shutil.rmtree(mp, ignore_errors=True)
     mp.mkdir(parents=True)
@@ -374,14 +379,38 @@ def open_loop_subprocess(port: int, bodies_file: Path, path: str, rate: float, d
 
 
 
+def _run_wrk_process(argv: list[str], env: dict, timeout: float) -> tuple[str, float]:
+    """Run wrk: (its stdout, the CPU seconds wrk itself used), so every figure says what the load cost."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise
+    if proc.returncode != 0:
+        raise RuntimeError(f"wrk failed ({proc.returncode}): {err[-2000:]}")
+    # communicate() reaped wrk, so its CPU time is now in this process's RUSAGE_CHILDREN
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return out, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def _wrk_errors(text: str, statuses: bool = True) -> int:
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text) if statuses else None
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    return (int(non2xx.group(1)) if non2xx else 0) + (sum(int(g) for g in sock.groups()) if sock else 0)
+
+
 def run_wrk(port: int, bodies_file: Path, path: str, duration: int, connections: int, threads: int = 1) -> dict:
     """wrk closed-loop throughput and latency percentiles (non-2xx responses counted as errors)."""
     lua = Path(__file__).with_name("bench_serve_wrk.lua")
-    out = subprocess.run(["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration}s", "--latency",
-                          "--timeout", "10s", "-s", str(lua), f"http://127.0.0.1:{port}"],
-                         capture_output=True, text=True, timeout=duration + 60,
-                         env={**os.environ, "BODIES": str(bodies_file), "WRK_PATH": path})
-    text = out.stdout
+    text, wrk_cpu = _run_wrk_process(
+        ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration}s", "--latency",
+         "--timeout", "10s", "-s", str(lua), f"http://127.0.0.1:{port}"],
+        {**os.environ, "BODIES": str(bodies_file), "WRK_PATH": path}, duration + 60)
 
     def ms(label: str) -> float:
         m = re.search(rf"{label}\s+([\d.]+)(us|ms|s)\b", text)
@@ -390,11 +419,61 @@ def run_wrk(port: int, bodies_file: Path, path: str, duration: int, connections:
         return float(m.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[m.group(2)]
 
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
-    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
-    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
-    errors = (int(non2xx.group(1)) if non2xx else 0) + (sum(int(g) for g in sock.groups()) if sock else 0)
-    return {"rps": rps, "p50_ms": ms("50%"), "p90_ms": ms("90%"), "p99_ms": ms("99%"), "errors": errors,
-            "connections": connections, "duration_s": duration}
+    return {"rps": rps, "p50_ms": ms("50%"), "p90_ms": ms("90%"), "p99_ms": ms("99%"), "errors": _wrk_errors(text),
+            "connections": connections, "duration_s": duration,
+            "client_cpu_us_per_request": round(wrk_cpu / max(rps * duration, 1) * 1e6, 1)}
+
+
+def run_wrk_paced(port: int, bodies_file: Path, path: str, rate: float, duration: float,
+                  connections: int = 64) -> dict:
+    """wrk on a fixed schedule of `rate` requests/s (bench_serve_wrk.lua): latency from the SCHEDULED
+    send time (no coordinated omission), errors, achieved rate, per-second p99 and wrk's own CPU.
+
+    Requests still unsent when the run ends (the server fell behind the schedule) are counted
+    as errors, like refused or failed ones.
+    """
+    lua = Path(__file__).with_name("bench_serve_wrk.lua")
+    lat_file = OUT / f"wrk-latency-{port}.txt"
+    lat_file.unlink(missing_ok=True)
+    secs = max(1, int(round(duration)))
+    text, wrk_cpu = _run_wrk_process(
+        ["wrk", "-t", "1", "-c", str(connections), "-d", f"{secs}s", "--timeout", "5s", "-s", str(lua),
+         f"http://127.0.0.1:{port}"],
+        {**os.environ, "BODIES": str(bodies_file), "WRK_PATH": path, "WRK_RATE": str(rate),
+         "LATENCY_OUT": str(lat_file)}, secs + 60)
+    rows = np.loadtxt(lat_file, dtype=np.int64, ndmin=2) if lat_file.stat().st_size else np.zeros((0, 4), np.int64)
+    lat_file.unlink(missing_ok=True)
+    rows = rows[rows[:, 0] != -2]                  # wrk's unscheduled first request (bench_serve_wrk.lua)
+    answered = rows[rows[:, 0] >= 0]
+    ok = answered[answered[:, 3] == 200]
+    bad_status = int(np.count_nonzero(rows[:, 3] != 200))
+    # wrk stops at `secs`: slots of the last second may still be in flight then; every slot
+    # before it must have been answered, or the server fell behind the schedule
+    window_us = (secs - 1) * 1_000_000
+    expected_in_window = int(rate * (secs - 1))
+    unanswered = max(0, expected_in_window - int(np.count_nonzero(answered[:, 0] < window_us))
+                     - int(np.count_nonzero(rows[:, 0] < 0)))  # error answers carry no slot
+    lat_ms, svc_ms = ok[:, 1] / 1000.0, ok[:, 2] / 1000.0
+
+    def pct(a: np.ndarray, q: float) -> float:
+        return round(float(np.percentile(a, q)), 3) if a.size else float("nan")
+
+    per_second = []
+    sec = ok[:, 0] // 1_000_000
+    for t in range(int(sec.max()) + 1 if sec.size else 0):
+        sel = lat_ms[sec == t]
+        if sel.size:
+            per_second.append(round(float(np.percentile(sel, 99)), 3))
+    return {"target_rps": rate, "achieved_rps": round(len(ok) / secs, 1),
+            "errors": _wrk_errors(text, statuses=False) + bad_status + unanswered,
+            "error_statuses": bad_status, "unanswered_in_schedule": unanswered,
+            "p50_ms": pct(lat_ms, 50), "p90_ms": pct(lat_ms, 90), "p99_ms": pct(lat_ms, 99),
+            "p999_ms": pct(lat_ms, 99.9), "max_ms": round(float(lat_ms.max()), 3) if lat_ms.size else None,
+            "service_p99_ms": pct(svc_ms, 99), "connections": connections,
+            "client": "wrk paced (bench_serve_wrk.lua)",
+            "client_cpu_us_per_request": round(wrk_cpu / max(len(rows), 1) * 1e6, 1),
+            "client_cpu_cores": round(wrk_cpu / secs, 3),
+            "per_second_p99_ms": per_second}
 
 
 def write_bodies(bodies: list[dict], path: Path) -> Path:
@@ -403,20 +482,63 @@ def write_bodies(bodies: list[dict], path: Path) -> Path:
     return path
 
 
-def server_latency(port: int) -> dict[str, float]:
-    """Server-side p50/p99 estimated from the Prometheus latency histogram (bucket upper bounds)."""
+def server_histogram(port: int) -> list[tuple[float, float]]:
+    """The server's cumulative latency histogram from /metrics: [(upper bound s, count)], ascending."""
     import urllib.request
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    buckets = []
-    for m in re.finditer(r'ctrops_predict_latency_seconds_bucket\{le="([^"]+)"\} ([\d.e+]+)', text):
-        buckets.append((float(m.group(1)), float(m.group(2))))
-    buckets.sort()
+    buckets = [(float(m.group(1)), float(m.group(2))) for m in
+               re.finditer(r'ctrops_predict_latency_seconds_bucket\{le="([^"]+)"\} ([\d.e+]+)', text)]
+    return sorted(buckets)
+
+
+def histogram_quantiles(after: list[tuple[float, float]],
+                        before: list[tuple[float, float]] | None = None) -> dict[str, float]:
+    """Server-side p50/p99 (bucket upper bounds, ms) of the requests between two scrapes."""
+    prior = dict(before or [])
+    buckets = [(le, c - prior.get(le, 0.0)) for le, c in after]
     total = buckets[-1][1] if buckets else 0
     out = {"count": total}
-    for q in (50, 99):
-        le = next((b for b, c in buckets if c >= total * q / 100), float("nan"))
-        out[f"p{q}_le_ms"] = le * 1000
+    for q in (50, 99, 99.9):
+        le = next((b for b, c in buckets if c >= total * q / 100), float("nan")) if total else float("nan")
+        out[f"p{q:g}_le_ms"] = le * 1000
     return out
+
+
+def server_latency(port: int) -> dict[str, float]:
+    """Server-side p50/p99 since start, from the Prometheus latency histogram (bucket upper bounds)."""
+    return histogram_quantiles(server_histogram(port))
+
+
+def process_cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of the given processes so far (a server's workers included)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except OSError:
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+@contextlib.contextmanager
+def bench_lock():
+    """Hold the machine's benchmark lock ($CTROPS_BENCH_LOCK, if set) around one timing-sensitive phase.
+
+    The serving benchmarks share a 2-core machine with other jobs: taking the lock per phase
+    (not for the whole run, which includes minutes of start-up) keeps each hold short.
+    """
+    path = os.environ.get("CTROPS_BENCH_LOCK")
+    if not path:
+        yield
+        return
+    import fcntl
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def median_of(values: list[float]) -> float:
@@ -435,8 +557,12 @@ if __name__ == "__main__":  # the open-loop client as its own process
     ap.add_argument("--connections", type=int, default=64)
     a = ap.parse_args()
     reqs = [http_request(a.path, line.encode(), a.port) for line in a.bodies.read_text().splitlines() if line]
+    cpu0 = time.process_time()
     res = open_loop(a.port, reqs, a.rate, a.duration, a.connections)
     s = res.summary()
+    s["client"] = "python open loop (serve_workload.py)"
+    s["client_cpu_us_per_request"] = round((time.process_time() - cpu0) / max(res.sent, 1) * 1e6, 1)
+    s["client_cpu_cores"] = round((time.process_time() - cpu0) / a.duration, 3)
     s["service_p99_ms"] = round(res.pct(99, service=True), 3)
     # per-second p99 (to see a reload's effect), from the scheduled times
     secs = np.floor(res.send_times).astype(int) if res.send_times.size else np.array([], dtype=int)
