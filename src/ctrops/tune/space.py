@@ -69,6 +69,12 @@ class SearchSpace:
     def names(self) -> tuple[str, ...]:
         return tuple(p.name for p in self.params)
 
+    def param(self, name: str) -> Param:
+        for p in self.params:
+            if p.name == name:
+                return p
+        raise ConfigError(f"search space {self.model_type}: no parameter {name!r}; known: {list(self.names)}")
+
     def defaults(self) -> dict[str, float | int]:
         """The library defaults: enqueued as trial 0 so tuning never ends worse than them."""
         return {p.name: p.typed(p.default) for p in self.params}

@@ -6,7 +6,11 @@ reads it back as prior knowledge (see `ctrops.tune.warmstart`).
 
 Trials run in worker processes sharing the SQLite storage, each with its own
 sampler seed; the library defaults are enqueued as trial 0, so the best trial
-is never worse than an untuned model.
+is never worse than an untuned model. A warm start also enqueues last week's
+best few parameter sets right after the defaults: one week of drift moves the
+optimum a little, so last week's winners are the most likely winners again,
+and evaluating them first costs a handful of trials (measured in
+docs/pipeline.md).
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ STUDY_NAME = "ctrops-tuning"
 # warm-starting CMA-ES builds its prior from the best 10% of the source
 # trials (cmaes' gamma=0.1): fewer than 10 leave it nothing to start from
 MIN_SOURCE_TRIALS = 10
+# how many of last week's best distinct parameter sets a warm start re-evaluates right after the
+# defaults; cmaes' prior is the top 10% of the source trials, so 3 is that top for a 30-trial study
+N_REPLAYED_SOURCE_TRIALS = 3
 log = logging.getLogger(__name__)
 
 
@@ -79,6 +86,30 @@ def make_sampler(space: SearchSpace, source_trials: Sequence[Any] | None, seed: 
     return optuna.samplers.TPESampler(seed=seed), "tpe"
 
 
+def best_source_params(source_trials: Sequence[Any], space: SearchSpace, n: int,
+                       exclude: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+    """The parameters of the `n` best complete source trials, best first, without repeats.
+
+    Trials of another space are skipped (their parameters may fall outside the
+    current ranges); parameter sets equal to one in `exclude` (the defaults,
+    already enqueued) are skipped too, so no budget goes to re-running a trial.
+    """
+    wanted = space.distributions()
+    usable = [t for t in source_trials
+              if t.value is not None and t.distributions == wanted and set(t.params) == set(space.names)]
+    picked: list[dict[str, Any]] = []
+    seen = [dict(e) for e in exclude]
+    for t in sorted(usable, key=lambda t: (t.value, t.number)):
+        if len(picked) >= n:
+            break
+        params = {name: space.param(name).typed(t.params[name]) for name in space.names}
+        if params in seen:
+            continue
+        seen.append(params)
+        picked.append(params)
+    return picked
+
+
 def _quiet_optuna() -> None:
     import optuna
 
@@ -105,11 +136,14 @@ def _shares(n_trials: int, n_workers: int) -> list[int]:
 def tune(objective: Callable[[Any], float], space: SearchSpace, *, n_trials: int, study_path: str | Path,
          source_trials: Sequence[Any] | None = None, warm_start_reason: str = "",
          n_workers: int = 1, seed: int = 0, study_name: str = STUDY_NAME,
+         n_replayed: int = N_REPLAYED_SOURCE_TRIALS,
          on_progress: Callable[[int, int, float | None], None] | None = None) -> TuneResult:
     """Minimise `objective` over `space` for `n_trials` trials stored in `study_path` (SQLite).
 
     `source_trials` (complete trials of the same space, e.g. from
-    `load_warm_start`) switch the sampler to warm-started CMA-ES. With
+    `load_warm_start`) switch the sampler to warm-started CMA-ES, and their
+    `n_replayed` best parameter sets run right after the defaults (user
+    attribute `replayed_source_rank`; 0 turns the replay off). With
     `n_workers > 1` the trials run in that many processes (`objective` must
     pickle). `on_progress(done, total, best_value)` is called as trials finish.
     """
@@ -119,6 +153,8 @@ def tune(objective: Callable[[Any], float], space: SearchSpace, *, n_trials: int
         raise ConfigError(f"tune.n_trials must be at least 1, got {n_trials}")
     if n_workers < 1:
         raise ConfigError(f"tune.n_workers must be at least 1, got {n_workers}")
+    if n_replayed < 0:
+        raise ConfigError(f"the number of replayed source trials must be >= 0, got {n_replayed}")
     _quiet_optuna()
     study_path = Path(study_path)
     study_path.parent.mkdir(parents=True, exist_ok=True)
@@ -131,13 +167,21 @@ def tune(objective: Callable[[Any], float], space: SearchSpace, *, n_trials: int
     study.set_user_attr("sampler", sampler_name)
     defaults = space.defaults()
     study.enqueue_trial(defaults, user_attrs={"is_default": True})
+    n_queued = 1
+    if sampler_name == "cmaes-warm":
+        for rank, params in enumerate(best_source_params(source_trials or (), space,
+                                                         min(n_replayed, n_trials - 1),
+                                                         exclude=[defaults])):
+            study.enqueue_trial(params, user_attrs={"replayed_source_rank": rank})
+            n_queued += 1
+    n_queued = min(n_queued, n_trials)
 
     shares = _shares(n_trials, n_workers)
     if len(shares) > 1:
-        # the enqueued defaults run here first: two processes polling one SQLite
+        # the enqueued trials run here first: two processes polling one SQLite
         # storage can both claim the same waiting trial ("Cannot tell a COMPLETE trial")
-        study.optimize(objective, n_trials=1, catch=(ArithmeticError, FloatingPointError))
-        shares = _shares(n_trials - 1, n_workers)
+        study.optimize(objective, n_trials=n_queued, catch=(ArithmeticError, FloatingPointError))
+        shares = _shares(n_trials - n_queued, n_workers)
     if len(shares) <= 1:
         n_left = sum(shares)
         def progress_cb(st: Any, _trial: Any) -> None:
