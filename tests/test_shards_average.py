@@ -94,3 +94,69 @@ def test_two_shard_processes_average_close_to_one_model(tmp_path):
 def test_trees_cannot_be_averaged():
     with pytest.raises(ConfigError, match="trees cannot be averaged"):
         train_shards("xgboost", {}, [synthetic(10, 0)])
+
+
+def test_mixing_with_kept_accumulators_tracks_one_model(tmp_path):
+    """Mixing after every epoch (step 1.5) ends closer to one model on all rows than one averaging."""
+    from ctrops.models.estimators import FFM
+
+    train, valid = synthetic(6000, 1), synthetic(3000, 2)
+    hyper = {"k": 4, "eta": 0.1, "epochs": 6, "seed": 0, "early_stopping": False}
+    single = log_loss(valid.labels, FFM(**hyper).fit(train).predict_proba(valid))
+    halves = split_rows(train, 2, seed=0)
+    _, once = train_shards("ffm", hyper, halves, valid, n_processes=2, work_dir=tmp_path / "a")
+    mixed, report = train_shards("ffm", hyper, halves, valid, n_processes=2, rounds=6, mix_step=1.5,
+                                 work_dir=tmp_path / "b")
+    assert report.rounds == 6 and mixed.extra["mix_step"] == 1.5
+    assert abs(report.averaged_valid_loss - single) < abs(once.averaged_valid_loss - single)
+    assert abs(report.averaged_valid_loss - single) < 0.005
+
+
+def test_worker_processes_give_the_same_model_as_one_process(tmp_path):
+    """The exchange between processes moves weights exactly: 2 processes == everything in this one."""
+    train, valid = synthetic(4000, 3), synthetic(1000, 4)
+    hyper = {"k": 4, "eta": 0.1, "epochs": 3, "seed": 0, "early_stopping": False}
+    halves = split_rows(train, 2, seed=1)
+    two, r2 = train_shards("ffm", hyper, halves, valid, n_processes=2, rounds=3, mix_step=1.5,
+                           work_dir=tmp_path / "a")
+    one, r1 = train_shards("ffm", hyper, halves, valid, n_processes=1, rounds=3, mix_step=1.5,
+                           work_dir=tmp_path / "b")
+    assert r1.start_method == "none" and r2.start_method in ("fork", "forkserver", "spawn")
+    np.testing.assert_array_equal(two.latent, one.latent)
+    assert two.bias == one.bias and r1.averaged_valid_loss == r2.averaged_valid_loss
+
+
+def test_mixing_stops_early_on_the_mix_and_keeps_the_best_round(tmp_path):
+    train, valid = synthetic(3000, 5), synthetic(1000, 6)
+    # a large step size overfits within a few epochs, so the mix's validation loss turns up
+    hyper = {"k": 4, "eta": 0.5, "epochs": 12, "seed": 0, "early_stopping": True, "patience": 2}
+    model, report = train_shards("ffm", hyper, split_rows(train, 2, seed=0), valid, n_processes=2,
+                                 rounds=12, mix_step=1.5, work_dir=tmp_path)
+    losses = report.round_valid_loss
+    assert 1 <= len(losses) <= 12
+    best = int(np.argmin(losses))
+    assert model.extra["best_round"] == best + 1
+    assert report.averaged_valid_loss == pytest.approx(min(losses))
+    if len(losses) < 12:  # stopped: the last `patience` rounds did not improve
+        assert len(losses) == best + 1 + 2
+
+
+def test_extrapolated_mix_is_previous_plus_step_times_the_mean_move():
+    from ctrops.pipeline.shards import _extrapolate
+
+    prev, a, b = _params(0, 0.0), _params(1, 1.0), _params(2, 3.0)
+    mean = average_params([a, b], [1, 3])
+    mix = _extrapolate(prev, [a, b], [1, 3], 1.5)
+    np.testing.assert_allclose(mix.latent, prev.latent + 1.5 * (mean.latent - prev.latent), rtol=1e-5, atol=1e-5)
+    assert mix.bias == pytest.approx(1.5 * mean.bias)
+    same = _extrapolate(prev, [a, b], [1, 3], 1.0)
+    np.testing.assert_allclose(same.latent, mean.latent, rtol=1e-5, atol=1e-6)
+
+
+def test_a_failing_shard_worker_is_reported_with_its_shard(tmp_path):
+    good = synthetic(500, 7)
+    bad = tmp_path / "missing-shard"
+    with pytest.raises(RuntimeError, match=r"shard\(s\) \[0\] failed in round 0: FileNotFoundError"):
+        train_shards("ffm", {"epochs": 1}, [str(bad), good], n_processes=2, work_dir=tmp_path / "w")
+    with pytest.raises(ConfigError, match="mixing step"):
+        train_shards("ffm", {"epochs": 1}, [good], mix_step=0.0)
