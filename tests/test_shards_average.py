@@ -160,3 +160,17 @@ def test_a_failing_shard_worker_is_reported_with_its_shard(tmp_path):
         train_shards("ffm", {"epochs": 1}, [str(bad), good], n_processes=2, work_dir=tmp_path / "w")
     with pytest.raises(ConfigError, match="mixing step"):
         train_shards("ffm", {"epochs": 1}, [good], mix_step=0.0)
+
+
+def test_a_multi_threaded_caller_gets_forkserver_workers_with_the_same_result(tmp_path, monkeypatch):
+    """With other threads alive a fork could inherit a held lock: the forkserver path must work too."""
+    import ctrops.pipeline.shards as shards_mod
+
+    train, valid = synthetic(3000, 8), synthetic(800, 9)
+    hyper = {"k": 4, "eta": 0.1, "epochs": 2, "seed": 0, "early_stopping": False}
+    halves = split_rows(train, 2, seed=0)
+    forked, _ = train_shards("ffm", hyper, halves, valid, n_processes=2, rounds=2, work_dir=tmp_path / "a")
+    monkeypatch.setattr(shards_mod, "_single_threaded", lambda: False)
+    served, report = train_shards("ffm", hyper, halves, valid, n_processes=2, rounds=2, work_dir=tmp_path / "b")
+    assert report.start_method == "forkserver"
+    np.testing.assert_array_equal(served.latent, forked.latent)
