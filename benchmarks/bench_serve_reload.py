@@ -160,6 +160,7 @@ def main() -> None:
               "events": events, "load": res,
               "worst_second_p99_during_swaps_ms": max(during) if during else None,
               "seconds_in_swap_windows": len(during),
+              "median_second_p99_in_swap_windows_ms": statistics.median(during) if during else None,
               "median_second_p99_steady_ms": statistics.median(steady) if steady else None,
               "final_versions": sorted(final), "loadavg_end": os.getloadavg(),
               "memory_end": memory, "model_mib": round(size_mb, 1),
@@ -169,7 +170,8 @@ def main() -> None:
           + "   (* = in a swap window)", flush=True)
     print(f"{rate:.0f} req/s for {duration:.0f} s with 3 swaps ({load.kind}): errors {res['errors']}, achieved "
           f"{res.get('achieved_rps')} req/s, p99 {res['p99_ms']} ms; worst 1-s p99 in the swap windows "
-          f"{result['worst_second_p99_during_swaps_ms']} ms vs steady median 1-s p99 "
+          f"{result['worst_second_p99_during_swaps_ms']} ms (median {result['median_second_p99_in_swap_windows_ms']}) vs "
+          f"steady median 1-s p99 "
           f"{result['median_second_p99_steady_ms']} ms; all workers swapped after "
           f"{[e['all_workers_swapped_after_s'] for e in events]} s; final version {sorted(final)}; "
           f"PSS {memory['pss_mb']:.0f} MiB = model {size_mb:.0f} MiB + {memory['pss_mb'] - size_mb:.0f} MiB",

@@ -132,7 +132,7 @@ class ModelStore:
         except (CtropsError, ValueError, KeyError) as exc:
             model.close()
             raise VersionRefused(version, "format", f"cannot build the predictor: {exc}") from exc
-        advise(predictor, MADV_POPULATE_READ)
+        advise_at_low_priority(predictor, MADV_POPULATE_READ)
         try:
             self._check_canary(predictor, entry, version)
         except BaseException:
@@ -481,6 +481,29 @@ def advise(predictor: Any, advice: int) -> bool:
         return False
     rc = libc.madvise(ctypes.c_void_p(view.ctypes.data), ctypes.c_size_t(view.size), ctypes.c_int(advice))
     return rc == 0
+
+
+def advise_at_low_priority(predictor: Any, advice: int) -> bool:
+    """`advise` from a short-lived thread at the lowest CPU priority.
+
+    Populating a 650 MB mapping is ~0.3 s of kernel work per worker; done at
+    niceness 19 it takes CPU the request threads leave idle. The thread holds
+    the GIL only for the few Python lines around the call (ctypes releases it
+    during madvise), so its low priority cannot hold a request thread up.
+    """
+    result = [False]
+
+    def run() -> None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), VALIDATOR_NICENESS)
+        except (AttributeError, OSError):
+            pass
+        result[0] = advise(predictor, advice)
+
+    t = threading.Thread(target=run, name="ctrops-advise", daemon=True)
+    t.start()
+    t.join()
+    return result[0]
 
 
 _libc_handle: Any = None
