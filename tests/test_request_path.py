@@ -152,3 +152,25 @@ def test_predictor_scores_like_the_reference(tmp_path):
     z = [reference.row_logit(params, X.fields[lo:hi], X.indices[lo:hi], X.values[lo:hi])
          for lo, hi in zip(X.indptr[:-1], X.indptr[1:])]
     np.testing.assert_allclose(got, 1 / (1 + np.exp(-np.array(z))), atol=1e-6)
+
+
+def test_score_request_reentry_keeps_results_apart():
+    """A call arriving while another is inside the encoder (a thread switch during str() of an odd
+    value) is served by a second encoder; both results stay right, also on the next re-entry."""
+    enc = _fitted("vocab", 1)
+    params = random_params("ffm", enc.n_features_, SPEC.n_fields, 4, seed=6)
+    model = scoring.candidate_model(params)
+    inner = []
+
+    class Token:
+        def __str__(self) -> str:
+            inner.append(enc.score_request({"a": "y", "b": "b2"}, [{"c": "once"}] * 3, model))
+            return "x"
+
+    for _ in range(2):
+        out = enc.score_request({"n": 2, "b": "b1"}, [{"a": Token()}, {"a": "y"}], model)
+        np.testing.assert_array_equal(out, enc.score_request({"n": 2, "b": "b1"}, [{"a": "x"}, {"a": "y"}], model))
+    want = enc.score_request({"a": "y", "b": "b2"}, [{"c": "once"}] * 3, model)
+    assert len(inner) == 2
+    for got in inner:
+        np.testing.assert_array_equal(got, want)

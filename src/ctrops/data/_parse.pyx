@@ -918,6 +918,7 @@ cdef class RequestEncoder:
     # works on a private copy instead (sharing the table)
     cdef bint busy
     cdef tuple init_args
+    cdef RequestEncoder spare
 
     def __cinit__(self, list names, kinds, raw_keys, table_keys, table_values,
                   unsigned long long seed, unsigned long long hash_space, missing_values=(),
@@ -1162,7 +1163,7 @@ cdef class RequestEncoder:
     def encode(self, context, candidates):
         """(ctx_fields, ctx_indices, ctx_values, cand_indptr, cand_fields, cand_indices, cand_values)."""
         if self.busy:
-            return RequestEncoder(*self.init_args).encode(context, candidates)
+            return self._spare().encode(context, candidates)
         self.busy = True
         try:
             self._encode_entries(context, candidates)
@@ -1179,7 +1180,7 @@ cdef class RequestEncoder:
         cdef CandidateRequest q
         cdef cnp.npy_intp dims[1]
         if self.busy:
-            return RequestEncoder(*self.init_args).score(context, candidates, model)
+            return self._spare().score(context, candidates, model)
         self.busy = True
         try:
             self._encode_entries(context, candidates, model.W if model.model_code == 0 else NULL,
@@ -1197,6 +1198,13 @@ cdef class RequestEncoder:
             return out
         finally:
             self.busy = False
+
+    cdef RequestEncoder _spare(self):
+        """A second encoder (same table) for a call that arrives while this one is busy; kept for the
+        next such call, since a server thread pool makes them routine, not rare."""
+        if self.spare is None:
+            self.spare = RequestEncoder(*self.init_args)
+        return self.spare
 
     cdef tuple _arrays(self):
         """The entries of the last `_encode_entries` as new arrays."""
