@@ -121,6 +121,9 @@ class PredictionLog:
         # thread, the log thread), so neither needs a lock
         self._records_in = 0
         self._records_out = 0
+        self._pending: list = []          # built, not yet written (compact Arrow tables)
+        self._pending_requests = 0
+        self._pending_since = 0.0
         self._fs, self._root = fsspec.core.url_to_fs(config.path, **(config.storage_options or {}))
         self._seq = 0
         self._file = None
@@ -144,6 +147,8 @@ class PredictionLog:
             return False
         self._records_in += n
         self._queue.append(entry)
+        if len(self._queue) == _WAKE_REQUESTS:  # busy server: write now rather than hold requests' objects
+            self._wake.set()
         return True
 
     def submit_debug(self, record: dict | Callable[[], dict]) -> None:
@@ -164,6 +169,7 @@ class PredictionLog:
     # ---- lifecycle ----------------------------------------------------------------------------
     def start(self) -> "PredictionLog":
         self._fs.makedirs(self._root, exist_ok=True)
+        _return_freed_memory_promptly()
         self._thread = threading.Thread(target=self._run, name="ctrops-prediction-log", daemon=True)
         self._thread.start()
         return self
@@ -179,7 +185,7 @@ class PredictionLog:
                           timeout, len(self._queue))
             self._thread = None
         else:
-            self._drain()
+            self._drain(force=True)
             self._close_files()
 
     # ---- writer thread ------------------------------------------------------------------------
@@ -202,22 +208,41 @@ class PredictionLog:
                 self.metrics.log_queue_depth.set(len(self._queue))
             if stopping:
                 try:
-                    self._drain()
+                    self._drain(force=True)
                 finally:
                     self._close_files()
                 return
 
-    def _drain(self) -> None:
-        """Write what is queued, at most `_WRITE_REQUESTS` requests per write (bounds its memory)."""
+    def _drain(self, force: bool = False) -> None:
+        """Turn queued requests into Arrow columns now; write them once enough are pending.
+
+        Converting early releases the requests' Python objects (ids, passthrough
+        dicts) within a few dozen requests: held for half a second they would
+        pin the allocator's arenas and keep a busy worker's memory at its peak.
+        The compact columns wait until `_WRITE_REQUESTS` requests or
+        `flush_seconds` have accumulated (or `force`), so row groups stay large.
+        """
+        pop = self._queue.popleft
         while self._queue:
             batch = []
-            pop = self._queue.popleft
-            while self._queue and len(batch) < _WRITE_REQUESTS:
+            while self._queue and len(batch) < _BUILD_REQUESTS:
                 batch.append(pop())
+            self._records_out += sum(map(len, map(_order_of, batch)))
             try:
-                self._write_with_retry(batch)
-            finally:
-                self._records_out += sum(map(len, map(_order_of, batch)))
+                self._pending.append(build_table(batch))
+            except Exception:  # a request the builder cannot express: lost, but counted and logged
+                log.exception("building the records of %d logged requests failed", len(batch))
+                self._count_error()
+                self._count_dropped(len(batch))
+                continue
+            if not self._pending_since:
+                self._pending_since = time.monotonic()
+            self._pending_requests += len(batch)
+            if self._pending_requests >= _WRITE_REQUESTS:
+                self._write_pending()
+        if self._pending and (force or self._stop or
+                              time.monotonic() - self._pending_since >= self.config.flush_seconds):
+            self._write_pending()
         debug = []
         while self._debug:
             item = self._debug.popleft()
@@ -237,25 +262,34 @@ class PredictionLog:
         if self.metrics is not None:
             self.metrics.log_write_errors.inc()
 
-    def _write_with_retry(self, batch: list[RequestLog]) -> None:
-        table = None
+    def _count_dropped(self, n: int) -> None:
+        self.dropped += n
+        if self.metrics is not None:
+            self.metrics.log_dropped.inc(n)
+
+    def _write_pending(self) -> None:
+        tables, n_requests = self._pending, self._pending_requests
+        self._pending, self._pending_requests, self._pending_since = [], 0, 0.0
+        for table in merge_tables(tables):
+            self._write_with_retry(table, n_requests if len(tables) == 1 else None)
+        del tables
+        _trim_heap()
+
+    def _write_with_retry(self, table: Any, n_requests: int | None = None) -> None:
         for attempt in range(3):
             try:
-                if table is None:  # built once: a retry only repeats the storage part
-                    table = build_table(batch)
                 n = self._write(table)
                 self.records_written += n
                 if self.metrics is not None:
                     self.metrics.log_records.inc(n)
                 return
             except Exception:
-                log.exception("writing %d logged requests failed (attempt %d)", len(batch), attempt + 1)
+                log.exception("writing %d log records failed (attempt %d)", table.num_rows, attempt + 1)
                 self._count_error()
                 self._abandon_file()
                 time.sleep(0.2 * (attempt + 1))
-        self.dropped += len(batch)
-        if self.metrics is not None:
-            self.metrics.log_dropped.inc(len(batch))
+        ranks = table.column("rank").to_numpy()
+        self._count_dropped(int((ranks == 1).sum()) if n_requests is None else n_requests)
 
     # ---- files --------------------------------------------------------------------------------
     def _new_name(self, kind: str, ext: str) -> tuple[str, str]:
@@ -296,18 +330,22 @@ class PredictionLog:
         self._file = self._parquet = None
 
     def _write(self, table: Any) -> int:
-        if self._file is None:
-            self._open()
-        if self.config.format == "jsonl":
-            self._file.write(jsonl_bytes(table))
-        else:
-            self._write_parquet(table)
-        self._file.flush()
-        n = table.num_rows
-        self._file_records += n
-        if self._file_records >= self.config.rotate_records:
-            self._close_files()
-        return n
+        """Append `table`, starting a new file whenever the open one reaches `rotate_records`."""
+        offset = 0
+        while offset < table.num_rows:
+            if self._file is None:
+                self._open()
+            part = table.slice(offset, self.config.rotate_records - self._file_records)
+            if self.config.format == "jsonl":
+                self._file.write(jsonl_bytes(part))
+            else:
+                self._write_parquet(part)
+            self._file.flush()
+            offset += part.num_rows
+            self._file_records += part.num_rows
+            if self._file_records >= self.config.rotate_records:
+                self._close_files()
+        return table.num_rows
 
     def _write_parquet(self, table: Any) -> None:
         import pyarrow.parquet as pq
@@ -332,7 +370,9 @@ class PredictionLog:
 
 
 _order_of = itemgetter(_ORDER)
-_WRITE_REQUESTS = 2048  # requests per write: one Parquet row group of ~200k records, ~20 MB of Arrow memory
+_WAKE_REQUESTS = 64  # queued requests that wake the writer before flush_seconds (bounds what they retain)
+_BUILD_REQUESTS = 128  # requests per build_table call
+_WRITE_REQUESTS = 512  # requests per write: one Parquet row group of ~50k records, a few MB of Arrow memory
 _CHUNK = 64  # requests per build step: each C-level pass over one chunk holds the GIL for well under 1 ms
 # low-cardinality and per-request columns: dictionary pages make them nearly free; unique ids are not
 _DICTIONARY_COLUMNS = ["schema", "experiment", "arm", "model_name", "model_version", "request_id", "unit_id",
@@ -340,7 +380,65 @@ _DICTIONARY_COLUMNS = ["schema", "experiment", "arm", "model_name", "model_versi
 _STATISTICS_COLUMNS = ["ts_ms", "model_version"]  # min/max for time and version filters; strings' cost CPU
 
 
+# ---- memory ---------------------------------------------------------------------------------------
+
+def _return_freed_memory_promptly() -> None:
+    """Arrow's buffers from the C allocator, unless ARROW_DEFAULT_MEMORY_POOL chose otherwise.
+
+    The writer's buffers live for one write (a few MB every half second).
+    mimalloc, Arrow's default, keeps freed segments for reuse, so a worker's
+    resident memory settles at its peak; the C allocator serves buffers this
+    size with mmap and returns them to the system when freed.
+    """
+    if os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
+        return
+    import pyarrow as pa
+
+    pa.set_memory_pool(pa.system_memory_pool())
+
+
+def _trim_heap() -> None:
+    """Give the C heap's free pages back to the system after a write (glibc; no-op elsewhere).
+
+    Through ctypes, so the GIL is released while it runs (about a millisecond).
+    """
+    global _malloc_trim
+    if _malloc_trim is None:
+        _malloc_trim = False
+        try:
+            import ctypes
+            fn = ctypes.CDLL(None).malloc_trim
+            fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
+            _malloc_trim = fn
+        except (OSError, AttributeError):
+            pass
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim: Any = None
+
+
 # ---- columns ------------------------------------------------------------------------------------
+
+def merge_tables(tables: list) -> list:
+    """Pending tables as few as possible: one when their schemas agree after widening (int -> double,
+    null -> struct), dictionaries unified so Parquet writes each column's dictionary page once."""
+    import pyarrow as pa
+
+    if len(tables) == 1:
+        return tables
+    try:
+        merged = pa.concat_tables(tables, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return [t.unify_dictionaries().combine_chunks() for t in tables]  # passthrough struct vs JSON text
+    for name in ("passthrough", "candidate_passthrough"):
+        typ = merged.schema.field(name).type
+        if pa.types.is_string(typ) and not all(pa.types.is_string(t.schema.field(name).type)
+                                               or pa.types.is_null(t.schema.field(name).type) for t in tables):
+            return [t.unify_dictionaries().combine_chunks() for t in tables]
+    return [merged.unify_dictionaries().combine_chunks()]
+
 
 def build_table(batch: list[RequestLog]):
     """The Arrow table of a batch's candidate records, in rank order within each request.
@@ -620,6 +718,7 @@ def jsonl_bytes(table) -> bytes:
         return b""
     ranks = table.column("rank").to_numpy()
     first = ranks == 1
+    first[0] = True  # a slice may start inside a request: its rows share the first row's request fields
     starts = pa.array(np.flatnonzero(first))
     req_of = pa.array(np.cumsum(first) - 1)
     head_cols = ("schema", "ts_ms", "request_id", "unit_id", "experiment", "arm", "model_name",
