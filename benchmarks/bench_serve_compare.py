@@ -2,11 +2,13 @@
 
 Closed-loop load with wrk (`apt-get install -y wrk`; Lua script
 benchmarks/bench_serve_wrk.lua cycles through pre-built bodies) against:
-  ctrops     `ctrops serve` (granian, 2 workers, Parquet prediction log on)
+  ctrops     `ctrops serve` (granian RSGI, 2 workers, Parquet prediction log on)
   fastapi    FastAPI + pydantic + NumPy baseline (uvicorn, 2 workers), benchmarks/baselines/
   mlflow     `mlflow models serve` (2 workers) of the ctrops pyfunc flavor, when ctrops.registry.pyfunc exists;
              it takes the same request as a DataFrame of 100 rows (context repeated per candidate)
-Each server gets `--repeats` runs; the median run (by req/s) is reported with its p50/p99.
+Each server gets `--repeats` runs; the median run (by req/s) is reported with its p50/p99,
+the server's CPU per request (its whole process tree) and wrk's own CPU per request.
+Set CTROPS_BENCH_LOCK=/tmp/ctrops-bench.lock on a shared machine: each run then holds it.
 
     .venv/bin/python benchmarks/bench_serve_compare.py [--quick] [--duration 20] [--connections 16]
 """
@@ -28,10 +30,19 @@ import serve_workload as w  # noqa: E402
 
 def measure(server: w.Server, bodies: Path, path: str, duration: int, connections: int, repeats: int) -> dict:
     w.run_wrk(server.port, bodies, path, 2, min(connections, 4))  # warm up
-    runs = [w.run_wrk(server.port, bodies, path, duration, connections) for _ in range(repeats)]
+    runs = []
+    for _ in range(repeats):
+        with w.bench_lock():  # per run: keeps each hold of a shared machine's lock short
+            pids = server.pids()
+            cpu0 = w.process_cpu_seconds(pids)
+            r = w.run_wrk(server.port, bodies, path, duration, connections)
+            r["server_cpu_us_per_request"] = round((w.process_cpu_seconds(pids) - cpu0)
+                                                   / max(r["rps"] * duration, 1) * 1e6, 1)
+        runs.append(r)
     runs.sort(key=lambda r: r["rps"])
     med = dict(runs[len(runs) // 2])
     med["rps_runs"] = [r["rps"] for r in runs]
+    med["p99_runs"] = [r["p99_ms"] for r in runs]
     med["memory"] = server.memory()
     return med
 
@@ -88,12 +99,14 @@ def main() -> None:
             finally:
                 s.stop()
 
-    print(f"{'server':8s} {'req/s':>9s} {'p50 ms':>9s} {'p99 ms':>9s} {'errors':>7s} {'PSS MiB':>8s}")
+    print(f"{'server':8s} {'req/s':>9s} {'p50 ms':>9s} {'p99 ms':>9s} {'errors':>7s} {'PSS MiB':>8s} "
+          f"{'server CPU µs/req':>18s} {'wrk CPU µs/req':>15s}")
     for name in ("ctrops", "fastapi", "mlflow"):
         if name in results:
             r = results[name]
             print(f"{name:8s} {r['rps']:9.1f} {r['p50_ms']:9.2f} {r['p99_ms']:9.2f} {r['errors']:7d} "
-                  f"{r['memory']['pss_mb']:8.0f}")
+                  f"{r['memory']['pss_mb']:8.0f} {r['server_cpu_us_per_request']:18.0f} "
+                  f"{r['client_cpu_us_per_request']:15.0f}")
     if "ctrops" in results:
         c = results["ctrops"]
         for name in ("fastapi", "mlflow"):

@@ -132,7 +132,7 @@ def main() -> None:
         best = None
         if not args.skip_sweep:
             print("  ctrops rate sweep (p99 <= 20 ms):", flush=True)
-            rates = [rate * f for f in (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0)]
+            rates = [rate * f for f in (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0, 1.25, 1.5)]
             best, runs = sweep(server, args.client, bodies, rates, step)
             result["ctrops_max_rate_p99_20ms"] = best
             result["ctrops_sweep"] = runs

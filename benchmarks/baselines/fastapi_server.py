@@ -147,7 +147,8 @@ class NumpyFFM:
         # matrix-vector product over the flattened (v, s, k) axes
         if len(S) and len(V):
             ctx_part = W[s_idx][:, V].transpose(1, 0, 2)                                 # [V, S, k]
-            sv = rows[:, :, S].reshape(n, -1) @ np.ascontiguousarray(ctx_part).reshape(-1)
+            ad_part = rows[:, :, S[0]:S[-1] + 1] if S[-1] - S[0] + 1 == len(S) else rows[:, :, S]  # slice if contiguous
+            sv = np.einsum("nvsk,vsk->n", ad_part, ctx_part)
         else:
             sv = 0.0
         # ad x ad
