@@ -169,7 +169,6 @@ class PredictionLog:
     # ---- lifecycle ----------------------------------------------------------------------------
     def start(self) -> "PredictionLog":
         self._fs.makedirs(self._root, exist_ok=True)
-        _return_freed_memory_promptly()
         self._thread = threading.Thread(target=self._run, name="ctrops-prediction-log", daemon=True)
         self._thread.start()
         return self
@@ -373,7 +372,7 @@ _order_of = itemgetter(_ORDER)
 _WAKE_REQUESTS = 64  # queued requests that wake the writer before flush_seconds (bounds what they retain)
 _BUILD_REQUESTS = 128  # requests per build_table call
 _WRITE_REQUESTS = 512  # requests per write: one Parquet row group of ~50k records, a few MB of Arrow memory
-_CHUNK = 64  # requests per build step: each C-level pass over one chunk holds the GIL for well under 1 ms
+_CHUNK = 32  # requests per build step: each C-level pass over one chunk holds the GIL for well under 1 ms
 # low-cardinality and per-request columns: dictionary pages make them nearly free; unique ids are not
 _DICTIONARY_COLUMNS = ["schema", "experiment", "arm", "model_name", "model_version", "request_id", "unit_id",
                        "ts_ms"]
@@ -382,27 +381,21 @@ _STATISTICS_COLUMNS = ["ts_ms", "model_version"]  # min/max for time and version
 
 # ---- memory ---------------------------------------------------------------------------------------
 
-def _return_freed_memory_promptly() -> None:
-    """Arrow's buffers from the C allocator, unless ARROW_DEFAULT_MEMORY_POOL chose otherwise.
-
-    The writer's buffers live for one write (a few MB every half second).
-    mimalloc, Arrow's default, keeps freed segments for reuse, so a worker's
-    resident memory settles at its peak; the C allocator serves buffers this
-    size with mmap and returns them to the system when freed.
-    """
-    if os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
-        return
-    import pyarrow as pa
-
-    pa.set_memory_pool(pa.system_memory_pool())
-
-
 def _trim_heap() -> None:
-    """Give the C heap's free pages back to the system after a write (glibc; no-op elsewhere).
+    """After a write, give freed memory back to the system: Arrow's pool (mimalloc keeps freed
+    segments for reuse, so a worker's memory would settle at its peak) and the C heap (glibc
+    malloc_trim, through ctypes so the GIL is released while it runs, about a millisecond).
 
-    Through ctypes, so the GIL is released while it runs (about a millisecond).
+    Done once per write (a few per second), not per allocation: within a write
+    the pool still serves buffers from memory it already has, which is what
+    keeps the writer's CPU low (fresh pages from the system cost a fault each).
     """
     global _malloc_trim
+    import pyarrow as pa
+
+    pool = pa.default_memory_pool()
+    if hasattr(pool, "release_unused"):
+        pool.release_unused()
     if _malloc_trim is None:
         _malloc_trim = False
         try:
