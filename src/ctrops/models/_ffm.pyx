@@ -30,6 +30,14 @@ Training reads every weight row of a row's features twice (forward pass,
 then update); while one row is updated, the weight rows of the next one are
 prefetched, which hides much of the memory latency that dominates an epoch
 on a 1e6-feature model.
+
+The request path (`score_request`: one context, N candidates; also called by
+ctrops.data._parse to encode and score in one call, declared in _ffm.pxd)
+computes the context's own terms once and, for FFM k=4, each distinct
+candidate feature's term with the context once per request (candidates share
+advertisers, campaigns, sizes), requesting weight rows 16 distinct features
+ahead. On a 1e6-feature model nearly every candidate row misses the cache, so
+the order of memory requests, not arithmetic, sets its speed.
 """
 
 cimport cython
