@@ -59,7 +59,8 @@ def test_warm_start_replays_last_weeks_best_trials_after_the_defaults(tmp_path):
     expected = best_source_params(trials, SPACE, 3, exclude=[SPACE.defaults()])
     assert len(expected) == 3 and expected[0] == ranked[0].params  # the best first, no repeats
     assert SPACE.defaults() not in expected and len({tuple(sorted(p.items())) for p in expected}) == 3
-    warm = tune(bowl, SPACE, n_trials=6, study_path=tmp_path / "week1.db", source_trials=trials, seed=6)
+    warm = tune(bowl, SPACE, n_trials=6, study_path=tmp_path / "week1.db", source_trials=trials, seed=6,
+                n_replayed=3)
     study = optuna.load_study(study_name=warm.study_name, storage=f"sqlite:///{tmp_path / 'week1.db'}")
     first = sorted(study.trials, key=lambda t: t.number)
     assert first[0].user_attrs["is_default"]
@@ -67,9 +68,8 @@ def test_warm_start_replays_last_weeks_best_trials_after_the_defaults(tmp_path):
     assert [t.user_attrs["replayed_source_rank"] for t in first[1:4]] == [0, 1, 2]
     # the same objective scores a replayed set as last week did, so warm starts at last week's best
     assert warm.best_value <= ranked[0].value
-    # the replay can be turned off (CMA-ES alone), and never replays on a cold start
-    alone = tune(bowl, SPACE, n_trials=3, study_path=tmp_path / "alone.db", source_trials=trials, seed=6,
-                 n_replayed=0)
+    # off by default (CMA-ES alone), and never replays on a cold start
+    alone = tune(bowl, SPACE, n_trials=3, study_path=tmp_path / "alone.db", source_trials=trials, seed=6)
     cold = tune(bowl, SPACE, n_trials=3, study_path=tmp_path / "cold.db", seed=6)
     for res, path in ((alone, "alone.db"), (cold, "cold.db")):
         st = optuna.load_study(study_name=res.study_name, storage=f"sqlite:///{tmp_path / path}")
@@ -80,7 +80,7 @@ def test_replayed_trials_run_before_parallel_workers_start(tmp_path):
     tune(bowl, SPACE, n_trials=12, study_path=tmp_path / "w0.db", seed=7)
     trials = load_source_trials(tmp_path / "w0.db", SPACE)
     res = tune(bowl, SPACE, n_trials=7, study_path=tmp_path / "w1.db", source_trials=trials, seed=8,
-               n_workers=2)
+               n_workers=2, n_replayed=3)
     study = optuna.load_study(study_name=res.study_name, storage=f"sqlite:///{tmp_path / 'w1.db'}")
     assert res.n_trials == 7
     replayed = [t for t in study.trials if "replayed_source_rank" in t.user_attrs]
