@@ -10,23 +10,25 @@ initial weights (same seed, same encoder, same shapes); over the few epochs
 early stopping allows, they stay close enough that the mean is a good model
 (it also averages out shard-specific noise).
 
-`rounds > 1` mixes periodically (iterative parameter mixing): after every
-round of `epochs // rounds` epochs the shard models are averaged and every
-shard continues from the mean. The estimators restart their AdaGrad
-accumulators when rebuilt from weights, so each round begins with full step
-sizes; docs/pipeline.md has the measurements that chose the default.
+With one averaging at the end, though, each shard model has only seen its
+share of the rows, and the mean stays measurably worse than one model on all
+rows. `rounds > 1` mixes periodically (iterative parameter mixing): after every
+round of `epochs // rounds` epochs the shard models are averaged, the mix is
+pushed `mix_step` times the mean move from the previous mix (the plain mean of
+N half-data moves is about 1/N of a full-data move), and every shard continues
+from the mix with its own AdaGrad/FTRL accumulators, so step sizes keep
+shrinking as they would in one model. docs/pipeline.md has the measurements.
 
-Weights travel between processes as `.npz` files without pickled objects.
-
-Where the wall time goes (200k rows, FFM k=4, 4 epochs; docs/pipeline.md):
-a spawned worker spends 0.4-0.9 s starting Python and importing NumPy and
-ctrops before it trains, which at this size is a fifth of a shard's work. So
-the calling process trains one shard itself, and the other workers are
-forked when forking is safe: the calling process has a single thread (no
-OpenMP pool, no BLAS or logging threads whose locks a child could inherit
-held). Otherwise they come from a `forkserver` that imported ctrops once.
-Shard data are memory-mapped matrix caches, so a worker reads its rows from
-the page cache instead of receiving a pickled copy.
+Where the wall time goes: a spawned worker spends 0.4-0.9 s starting Python
+and importing NumPy and ctrops before it trains, a fifth of a shard's work at
+200k rows. So the calling process trains one shard itself, and the workers are
+forked when forking is safe (the calling process has a single thread: no
+OpenMP or BLAS pool, no logging thread whose lock a child could inherit held),
+else forked from a `forkserver` that imported ctrops once. Workers live for the
+whole call and keep their models between rounds. Shard rows are memory-mapped
+matrix caches (nothing is pickled), and weights cross processes through raw
+`.npy` buffers in tmpfs that both sides map, one copy each way per round.
+`save_params` / `load_params` remain for weights at rest (`.npz`, no pickle).
 """
 
 from __future__ import annotations
@@ -281,12 +283,15 @@ def train_shards(model_type: str, hyper: Mapping[str, Any], shards: Sequence[str
     if rounds > 1:
         result.extra["mix_step"] = mix_step
         result.extra["best_round"] = best_round or len(round_losses) or rounds
+    best_epochs = [res["best_epoch"] for res in summaries]
+    if rounds > 1:  # the chosen model is a mix: the epochs behind it, the same for every shard
+        best_epochs = [int(result.extra["best_round"]) * int(hyper["epochs"])] * len(summaries)
     report = ShardReport(n_shards=len(shard_dirs), n_processes=n_proc, rounds=rounds,
                          rows_per_shard=[res["rows"] for res in summaries], seconds=seconds,
                          shard_seconds=team.fit_seconds, shard_cpu_seconds=team.fit_cpu_seconds,
                          parent_cpu_seconds=cpu_seconds,
                          shard_valid_loss=[res["valid_loss"] for res in summaries],
-                         shard_best_epoch=[res["best_epoch"] for res in summaries],
+                         shard_best_epoch=best_epochs,
                          round_valid_loss=round_losses, start_method=team.start_method)
     if valid_matrix is not None:
         report.averaged_valid_loss = best_loss if best is not None else _valid_loss(result, valid_matrix)
