@@ -81,6 +81,11 @@ def main() -> None:
         try:
             results["ctrops"] = measure(s, bodies, "/v1/predict", duration, args.connections, repeats)
             results["ctrops"]["server_side"] = w.server_latency(s.port)
+            counts = w.server_counters(s.port)
+            results["ctrops"]["log_counters"] = counts
+            print(f"ctrops prediction log over all runs: {counts['ctrops_log_records_total']:.0f} records written, "
+                  f"{counts['ctrops_log_dropped_total']:.0f} requests dropped (queue full) of "
+                  f"{counts['ctrops_predictions_total']:.0f} scored", flush=True)
         finally:
             s.stop()
     if "fastapi" in only:

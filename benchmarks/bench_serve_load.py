@@ -53,6 +53,7 @@ def measured(server: w.Server, client: str, bodies: Path, rate: float, duration:
         cpu = w.process_cpu_seconds(pids) - cpu0
         if server_side:
             r["server_side"] = w.histogram_quantiles(w.server_histogram(server.port), before)
+            r["log_dropped_so_far"] = w.server_counters(server.port)["ctrops_log_dropped_total"]
     answered = max(r["achieved_rps"] * duration, 1)
     r["server_cpu_us_per_request"] = round(cpu / answered * 1e6, 1)
     r["server_cpu_cores"] = round(cpu / duration, 3)
@@ -64,7 +65,7 @@ def measured(server: w.Server, client: str, bodies: Path, rate: float, duration:
 
 def line(r: dict) -> str:
     ss = r.get("server_side")
-    server = f"; server p99 <= {ss['p99_le_ms']:g} ms" if ss else ""
+    server = f"; server p99 <= {ss['p99_le_ms']:g} ms, log drops so far {r['log_dropped_so_far']:.0f}" if ss else ""
     return (f"achieved {r['achieved_rps']:7.1f} req/s, p50 {r['p50_ms']:8.2f} ms, p99 {r['p99_ms']:8.2f} ms, "
             f"errors {r['errors']}{server}; CPU per request: server {r['server_cpu_us_per_request']:.0f} µs, "
             f"client {r['client_cpu_us_per_request']:.0f} µs")

@@ -504,6 +504,17 @@ def histogram_quantiles(after: list[tuple[float, float]],
     return out
 
 
+def server_counters(port: int, names: tuple[str, ...] = ("ctrops_log_dropped_total", "ctrops_log_records_total",
+                                                           "ctrops_predictions_total")) -> dict[str, float]:
+    """Sums of the named counters on /metrics (all label sets): e.g. prediction-log drops."""
+    import urllib.request
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    out = {}
+    for name in names:
+        out[name] = sum(float(m.group(1)) for m in re.finditer(rf"^{name}(?:\{{[^}}]*\}})? ([\d.e+]+)$", text, re.M))
+    return out
+
+
 def server_latency(port: int) -> dict[str, float]:
     """Server-side p50/p99 since start, from the Prometheus latency histogram (bucket upper bounds)."""
     return histogram_quantiles(server_histogram(port))
