@@ -174,3 +174,17 @@ def test_a_multi_threaded_caller_gets_forkserver_workers_with_the_same_result(tm
     served, report = train_shards("ffm", hyper, halves, valid, n_processes=2, rounds=2, work_dir=tmp_path / "b")
     assert report.start_method == "forkserver"
     np.testing.assert_array_equal(served.latent, forked.latent)
+
+
+def test_one_shard_mixed_every_epoch_is_exactly_one_model(tmp_path):
+    """Continuing from the mix keeps the optimizer state: with one shard, 4 rounds of 1 epoch are
+    bit-for-bit the model of one 4-epoch fit (a restarted AdaGrad would take full steps again)."""
+    from ctrops.models.estimators import FFM
+
+    train = synthetic(2000, 10)
+    hyper = {"k": 4, "eta": 0.1, "epochs": 4, "seed": 0, "early_stopping": False}
+    single = FFM(**hyper).fit(train).params_
+    mixed, report = train_shards("ffm", hyper, [train], n_processes=1, rounds=4, work_dir=tmp_path)
+    assert report.start_method == "none" and report.shard_best_epoch == [4]
+    np.testing.assert_array_equal(mixed.latent, single.latent)
+    assert mixed.bias == single.bias
