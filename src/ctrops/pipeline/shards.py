@@ -20,8 +20,8 @@ from the mix with its own AdaGrad/FTRL accumulators, so step sizes keep
 shrinking as they would in one model. docs/pipeline.md has the measurements.
 
 Where the wall time goes: a spawned worker spends 0.4-0.9 s starting Python
-and importing NumPy and ctrops before it trains, a fifth of a shard's work at
-200k rows. So the calling process trains one shard itself, and the workers are
+and importing NumPy and ctrops before it trains, a fifth of a 4-epoch shard
+fit at 200k rows. So the calling process trains one shard itself, and the workers are
 forked when forking is safe (the calling process has a single thread: no
 OpenMP or BLAS pool, no logging thread whose lock a child could inherit held),
 else forked from a `forkserver` that imported ctrops once. Workers live for the
