@@ -3,7 +3,7 @@
 Figures (median of repeats; wall time and this thread's CPU time, which is
 less disturbed by other processes on a shared machine):
   score   Predictor.score: encode raw values + native candidate kernel
-          vs the baseline's dict lookup + NumPy scorer (benchmarks/baselines/fastapi_server.py)
+          vs the baseline's vectorised hashing + searchsorted + NumPy scorer (benchmarks/baselines/fastapi_server.py)
   request the whole server-side path without the socket: JSON parse, validation,
           arm assignment, scoring, ranking, tracking ids, response JSON, log hand-off
           vs the baseline's pydantic parse + NumPy scoring + pydantic response
