@@ -1,10 +1,12 @@
-"""The ASGI prediction app: /v1/predict, health, readiness, metrics, admin reload.
+"""The prediction app: /v1/predict, health, readiness, metrics, admin reload; RSGI and ASGI.
 
-Starlette supplies routing and lifespan only; the predict handler parses JSON
-with the standard library, validates by hand (schema.py), scores on the event
-loop thread (100 candidates take well under a millisecond, less than a thread
-hop would cost) and hands logging to a background writer. Nothing on this path
-allocates per candidate beyond the response itself.
+`PredictFastPath` is the entry for both interfaces (granian's native RSGI, or
+ASGI for uvicorn and tests): /v1/predict goes straight to `PredictionService`,
+every other route to a Starlette app (routing and lifespan only). The service
+decodes and checks the body in one msgspec pass (schema.py; hand validation
+names the path of a bad one), scores on the event loop thread (100 candidates
+take well under a millisecond, less than a thread hop would cost), renders
+the answer with one join and hands logging to a background writer.
 """
 
 from __future__ import annotations
