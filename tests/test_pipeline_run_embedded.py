@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -145,6 +146,8 @@ def test_shard_training_through_the_pipeline(first_run, tmp_path):
     assert res.ok, res.error
     report = res.step("train").outputs["shards"]
     assert report["n_shards"] == 2 and sum(report["rows_per_shard"]) == res.step("build-dataset").outputs["rows_train"]
+    # the default mixes the shard models after every epoch (one average at the end loses accuracy)
+    assert report["rounds"] > 1 and len(report["round_valid_loss"]) >= 1
     assert report["single_valid_loss"] == pytest.approx(res.step("tune").outputs["best_value"])
     assert abs(report["averaged_valid_loss"] - report["single_valid_loss"]) < 0.05
     assert res.step("train").outputs["valid_log_loss"] == pytest.approx(report["averaged_valid_loss"])
@@ -160,3 +163,27 @@ def test_resuming_the_gate_after_production_moved_is_refused(first_run, tmp_path
     assert not again.ok and again.failed_step == "gate" and "--from evaluate" in again.error
     client, _ = _client(cfg)
     assert int(client.get_model_version_by_alias("ctr-test", "production").version) == first.version
+
+
+@pytest.mark.parametrize("shards, message", [
+    ({"n": 2, "rounds": 0}, "shards.rounds must be an integer >= 1 or 'every_epoch'"),
+    ({"n": 2, "rounds": "often"}, "shards.rounds must be an integer >= 1 or 'every_epoch'"),
+    ({"n": 2, "mix_step": 5}, "shards.mix_step must be a number in (0, 4]"),
+    ({"n": 2, "mix_step": True}, "shards.mix_step"),
+    ({"n": 0}, "shards.n must be >= 1"),
+])
+def test_shard_settings_are_checked_at_load(first_run, shards, message):
+    from ctrops.pipeline.config import PipelineConfig
+
+    _, cfg, _ = first_run
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        PipelineConfig.load({**cfg, "shards": shards})
+
+
+def test_shard_settings_defaults(first_run):
+    from ctrops.pipeline.config import PipelineConfig
+
+    _, cfg, _ = first_run
+    loaded = PipelineConfig.load({**cfg, "shards": {"n": 2}})
+    assert (loaded.shard_rounds, loaded.shard_mix_step) == ("every_epoch", 1.5)
+    assert PipelineConfig.load({**cfg, "shards": {"n": 2, "rounds": 3, "mix_step": 1}}).shard_rounds == 3

@@ -300,9 +300,12 @@ def train_step(ctx: StepContext) -> dict[str, Any]:
 
         train = FieldMatrix.load(data["train_matrix"])
         ctx.note(f"training {cfg.shards} shard models")
+        rounds = cfg.shard_rounds
+        if rounds == "every_epoch":
+            rounds = max(1, int(params.get("epochs", 20)))
         model_params, report = train_shards(cfg.model_type, params, split_rows(train, cfg.shards),
-                                            data["valid_matrix"], rounds=cfg.shard_rounds,
-                                            work_dir=ctx.step_dir / "shards")
+                                            data["valid_matrix"], rounds=int(rounds),
+                                            mix_step=cfg.shard_mix_step, work_dir=ctx.step_dir / "shards")
         # the best tuning trial is one model with these parameters on all rows: the baseline to compare with
         report.single_valid_loss = tuned.get("best_value")
         ctx.note(f"averaged {report.averaged_valid_loss:.5f} vs single {report.single_valid_loss}")
