@@ -208,3 +208,13 @@ def test_dropped_training_state_still_predicts_and_warm_starts(split):
     model.fit(train, valid, warm_start=True)
     assert model.history_[-1]["epoch"] == 2
     assert model.history_[-1]["valid_loss"] < model.history_[0]["valid_loss"]
+
+
+def test_linear_eta_is_a_checked_hyper_parameter():
+    from ctrops.errors import ConfigError
+    from ctrops.models.estimators import FFM
+
+    assert FFM(linear=True, linear_eta=0.01).get_params()["linear_eta"] == 0.01
+    for bad in (0.0, -1.0, float("nan"), True, "0.1"):
+        with pytest.raises(ConfigError, match="linear_eta must be a finite number > 0 or None"):
+            FFM(linear=True, linear_eta=bad)._validate_hyper()

@@ -296,3 +296,24 @@ def test_avx2_training_with_shared_blocks_updates_in_turn():
             [(0, 1, 1.0), (1, 1, 1.0), (2, 1, 1.0), (3, 1, 1.0)]] * 20
     avx2, sse = _epochs_both_paths(rows, 4, 8, 0.0, epochs=5)
     np.testing.assert_allclose(avx2, sse, rtol=2e-4, atol=2e-5)
+
+
+def test_linear_terms_take_their_own_learning_rate():
+    """`eta_linear` sets the linear weights' AdaGrad step; the latent weights keep `eta`."""
+    f = np.array([0, 1, 2], dtype=np.int32)
+    j = np.array([1, 4, 6], dtype=np.int32)
+    x = np.ones(3, dtype=np.float32)
+    moves = {}
+    for eta_linear in (-1.0, 0.02):
+        state = np.ones((8, 3, 8), dtype=np.float32)
+        state[..., :4] = 0.1
+        lin = np.zeros((8, 2), dtype=np.float32)
+        lin[:, 1] = 1.0
+        _ffm.fm_family_epoch(0, np.array([0, 3], dtype=np.int64), f, j, x, np.array([1.0], dtype=np.float32),
+                             np.empty(0, dtype=np.float32), np.zeros(1, dtype=np.int64), state.reshape(-1), 3, 4,
+                             lin.reshape(-1), np.empty(0), 0.2, 0.0, 0.0, True, 1, eta_linear)
+        moves[eta_linear] = (lin[j, 0].copy(), state[..., :4].copy())
+    (lin_default, lat_default), (lin_small, lat_small) = moves[-1.0], moves[0.02]
+    np.testing.assert_allclose(lin_small, lin_default * 0.1, rtol=1e-5)   # a step of eta_linear / eta as large
+    np.testing.assert_array_equal(lat_small, lat_default)                 # the latent step is unchanged
+    assert np.all(lin_default > 0)

@@ -69,6 +69,8 @@ def train(
     no_early_stopping: bool = typer.Option(False, "--no-early-stopping"),
     no_norm: bool = typer.Option(False, "--no-norm", help="disable instance-wise normalization"),
     linear: bool = typer.Option(False, "--linear/--no-linear", help="FFM/FM linear terms (off: they overfit, see README)"),
+    linear_eta: Optional[float] = typer.Option(None, "--linear-eta",
+                                               help="learning rate of the linear terms (default: --eta; try eta/20)"),
     bias: bool = typer.Option(True, "--bias/--no-bias", help="global bias (LIBFFM has none)"),
     threads: int = typer.Option(1, "--threads"),
     seed: int = typer.Option(0, "--seed"),
@@ -85,7 +87,7 @@ def train(
     from ctrops.workflows.train import TrainOptions, train_files
 
     opts = TrainOptions(model=model.value, k=k, eta=eta, alpha=alpha, l2=l2, l1=l1, epochs=epochs,
-                        threads=threads, seed=seed, normalize=not no_norm, linear=linear,
+                        threads=threads, seed=seed, normalize=not no_norm, linear=linear, linear_eta=linear_eta,
                         bias=bias, early_stopping=not no_early_stopping, patience=patience,
                         indexing=indexing.value, min_count=min_count, hash_space=hash_space,
                         max_bytes=max_bytes, weight_dtype="float16" if float16 else "float32",

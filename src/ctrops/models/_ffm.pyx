@@ -581,8 +581,10 @@ def fm_family_epoch(int model_code,
                     const int64_t[::1] order,
                     float[::1] latent_state, int n_fields, int k,
                     float[::1] linear_state, double[::1] bias_state,
-                    float eta, float lam, float l1, bint normalize, int n_threads):
+                    float eta, float lam, float l1, bint normalize, int n_threads, float eta_linear=-1.0):
     """One AdaGrad epoch of FFM (model_code 0) or FM (1) over rows in `order`.
+
+    `eta_linear` is the learning rate of the linear terms (negative: `eta`).
 
     latent_state is the flattened training layout; linear_state ((w, G) per
     feature) and bias_state ((b, G)) may be empty to disable those terms;
@@ -603,6 +605,7 @@ def fm_family_epoch(int model_code,
     cdef float* L = &linear_state[0] if has_lin else NULL
     cdef double* B = &bias_state[0] if has_bias else NULL
     cdef bint fast4 = _use_avx2 and model_code == 0 and k == 4
+    cdef float eta_lin = eta_linear if eta_linear > 0 else eta
     if n_order == 0:
         return 0.0, 0.0
     for p in prange(n_order, nogil=True, num_threads=max(n_threads, 1), schedule="dynamic", chunksize=64):
@@ -646,7 +649,7 @@ def fm_family_epoch(int model_code,
         else:
             ctr_fm_update(&indices[lo], &values[lo], n, W, sj, k, <float>(kappa * r), eta, lam, l1)
         if has_lin:
-            _adagrad_linear(&indices[lo], &values[lo], n, L, <float>kappa, eta, lam, l1)
+            _adagrad_linear(&indices[lo], &values[lo], n, L, <float>kappa, eta_lin, lam, l1)
         if has_bias:
             _adagrad_bias(B, kappa, eta)
     return loss, wsum

@@ -42,6 +42,7 @@ class TrainOptions:
     seed: int = 0
     normalize: bool = True
     linear: bool = False  # see FFM's docstring: unscaled linear terms overfit
+    linear_eta: float | None = None  # learning rate of the linear terms (None: eta)
     bias: bool = True
     early_stopping: bool = True
     patience: int = 2
@@ -60,7 +61,7 @@ class TrainOptions:
             return cls(k=self.k, eta=self.eta, l2=self.l2, l1=self.l1, epochs=self.epochs,
                        normalize=self.normalize, linear=self.linear, bias=self.bias,
                        early_stopping=self.early_stopping, patience=self.patience,
-                       n_threads=self.threads, seed=self.seed)
+                       n_threads=self.threads, seed=self.seed, linear_eta=self.linear_eta)
         if self.model == "lr":
             return LogisticRegression(alpha=self.alpha, l1=self.l1, l2=self.l2, epochs=self.epochs,
                                       early_stopping=self.early_stopping, patience=self.patience,
