@@ -38,6 +38,9 @@ from ctrops.data.matrix import FieldMatrix
 from ctrops.models import reference, scoring
 from ctrops.models.params import ModelParams
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from libffm_columns import BASE_PY, libffm_columns  # noqa: E402
+
 N_FIELDS, K, HASH_SPACE = 39, 4, 1_000_000
 N_FEATURES = 2 * N_FIELDS + HASH_SPACE
 
@@ -90,10 +93,6 @@ class NumpyFFM:
         return out
 
 
-BASE_PY = Path(os.environ.get("CTROPS_BASELINE_PYTHON") or
-               Path(__file__).resolve().parents[1] / "bench-out/baselines-venv/bin/python")
-
-
 def libffm_rows_per_second(X: FieldMatrix, repeats: int, threads: int) -> float | None:
     """LIBFFM's in-memory prediction speed on the same rows (None when the baseline venv is missing).
 
@@ -103,15 +102,10 @@ def libffm_rows_per_second(X: FieldMatrix, repeats: int, threads: int) -> float 
     """
     if not BASE_PY.exists():
         return None
-    key = X.fields.astype(np.int64) * (X.n_features + 1) + X.indices
-    uniq, inv = np.unique(key, return_inverse=True)
-    col_ids = np.arange(len(uniq), dtype=np.int64)
-    col_ids[-1] = max(len(uniq), X.n_features) - 1
-    col_fields = np.zeros(col_ids[-1] + 1, dtype=np.int32)
-    col_fields[col_ids] = (uniq // (X.n_features + 1)).astype(np.int32)
+    cols, col_fields = libffm_columns(X.fields, X.indices, X.n_features)
     with tempfile.TemporaryDirectory() as tmp:
         npz = Path(tmp) / "rows.npz"
-        np.savez(npz, indptr=X.indptr, cols=col_ids[inv].astype(np.int32), fields=col_fields,
+        np.savez(npz, indptr=X.indptr, cols=cols, fields=col_fields,
                  y=(np.arange(X.n_rows) % 4 == 0).astype(np.float32))
         script = f"""
 import time, statistics, numpy as np, scipy.sparse as sp, pylibffm

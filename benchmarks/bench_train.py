@@ -36,12 +36,10 @@ from ctrops.data.matrix import FieldMatrix
 from ctrops.models.estimators import FFM
 from ctrops.models.metrics import log_loss
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from libffm_columns import BASE_PY, libffm_columns  # noqa: E402
+
 GEN = Path("/work/shared/bench/gen_criteo_like.py")
-# the baselines' own virtualenv: benchmarks/setup_baselines.sh builds it
-BASE_PY = Path(os.environ.get("CTROPS_BASELINE_PYTHON") or next(
-    (str(p) for p in (Path(__file__).resolve().parents[1] / "bench-out/baselines-venv/bin/python",
-                      Path("/tmp/basevenv/bin/python")) if p.exists()),
-    "bench-out/baselines-venv/bin/python"))
 N_INT, N_CAT = 13, 26
 N_FIELDS = N_INT + N_CAT
 HASH_SPACE = 1_000_000
@@ -140,20 +138,9 @@ def run_libffm(train: FieldMatrix, valid: FieldMatrix, epochs: int, workdir: Pat
     if not BASE_PY.exists():
         return None
     workdir.mkdir(parents=True, exist_ok=True)
-    # LIBFFM gives every feature one field: number the (field, feature) pairs that occur
-    both = np.concatenate([
-        train.fields.astype(np.int64) * (train.n_features + 1) + train.indices,
-        valid.fields.astype(np.int64) * (train.n_features + 1) + valid.indices])
-    uniq, inv = np.unique(both, return_inverse=True)
-    # LIBFFM sizes its model by the largest feature number it sees: the last (field, feature)
-    # pair takes the last of ctrops' feature numbers, so both allocate a model of the same size
-    # (1e6 hash bins); the numbers in between never occur and are never touched, in either tool
-    n_cols = max(len(uniq), train.n_features)
-    col_ids = np.arange(len(uniq), dtype=np.int64)
-    col_ids[-1] = n_cols - 1
-    col_fields = np.zeros(n_cols, dtype=np.int32)
-    col_fields[col_ids] = (uniq // (train.n_features + 1)).astype(np.int32)
-    cols = col_ids[inv].astype(np.int32)
+    # LIBFFM's columns (libffm_columns.py): the (field, feature) pairs of both sets, same model size
+    cols, col_fields = libffm_columns(np.concatenate([train.fields, valid.fields]),
+                                      np.concatenate([train.indices, valid.indices]), train.n_features)
     npz = workdir / "libffm_input.npz"
     np.savez(npz, tr_indptr=train.indptr, tr_cols=cols[: train.nnz], tr_y=train.labels,
              va_indptr=valid.indptr, va_cols=cols[train.nnz:], va_y=valid.labels, fields=col_fields)

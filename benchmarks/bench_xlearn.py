@@ -63,9 +63,8 @@ ROOT = Path(__file__).resolve().parents[1]
 GEN = Path("/work/shared/bench/gen_criteo_like.py")
 DEFAULT_DATA = Path("/tmp/h1/full/criteo_like_1200000_seed7.tsv")
 OUT = ROOT / "bench-out" / "xlearn"
-BASE_PY = Path(os.environ.get("CTROPS_BASELINE_PYTHON") or next(
-    (str(p) for p in (ROOT / "bench-out/baselines-venv/bin/python", Path("/tmp/basevenv/bin/python"))
-     if p.exists()), str(ROOT / "bench-out/baselines-venv/bin/python")))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from libffm_columns import BASE_PY  # noqa: E402  (the baselines' virtualenv)
 HASH_SPACE = 1_000_000
 K, ETA, L2 = 4, 0.2, 2e-5
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
