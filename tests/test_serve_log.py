@@ -220,3 +220,70 @@ def test_records_bound_drops_and_counts(tmp_path):
     assert results == [True, True, False, False] and sink.dropped == 2 and sink.queued_records == 6
     sink.close()
     assert len(read_jsonl(tmp_path)) == 6 and sink.queued_records == 0
+
+
+def body_of(e: RequestLog) -> bytes:
+    """A /v1/predict body holding the entry's candidates (with fields the log must skip)."""
+    doc = {"request_id": e.request_id, "context": {"site": "news", "n": [1, {"x": None}]},
+           "candidates": [{"fields": {"ad": f"a{j}", "price": 0.5}, "id": cid}
+                          | ({} if p is None and j % 2 else {"passthrough": p})
+                          for j, (cid, p) in enumerate(zip(e.candidate_ids, e.candidate_passthrough))]}
+    if e.passthrough is not None or e.ts_ms % 2:
+        doc["passthrough"] = e.passthrough
+    return json.dumps(doc).encode()
+
+
+def submit_raw(sink: PredictionLog, e: RequestLog) -> bool:
+    return sink.submit_request(e.ts_ms, e.request_id, e.unit_id, e.experiment, e.arm, e.model_name,
+                               e.model_version, e.tracking_prefix, body_of(e), e.scores, e.order)
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_submit_request_writes_the_same_records_as_submit(tmp_path, fmt):
+    entries = varied_entries()
+    tables = {}
+    for how in ("submit", "raw"):
+        sink = PredictionLog(LogConfig(str(tmp_path / how), fmt, flush_seconds=0.01)).start()
+        for i, e in enumerate(entries):
+            assert (sink.submit(e) if how == "submit" else submit_raw(sink, e))
+            if i % 40 == 0:
+                time.sleep(0.03)  # several writes, so raw and compacted requests meet in different batches
+        sink.close()
+        assert sink.dropped == 0 and sink.write_errors == 0 and sink.queued_records == 0
+        if fmt == "jsonl":
+            tables[how] = read_jsonl(tmp_path / how)
+        else:
+            # a write whose passthrough types differ starts a file with its own schema: read them one by one
+            tables[how] = [r for f in sorted((tmp_path / how).glob("predictions-*.parquet"))
+                           for r in pq.read_table(f).to_pylist()]
+    assert len(tables["raw"]) == len(expected_records(entries))
+    assert tables["raw"] == tables["submit"]
+
+
+def test_submit_request_and_submit_mix_in_one_batch(tmp_path):
+    entries = varied_entries()[:20]
+    sink = PredictionLog(LogConfig(str(tmp_path), "jsonl"))  # not started: close() drains in one batch
+    for i, e in enumerate(entries):
+        assert sink.submit(e) if i % 2 else submit_raw(sink, e)
+    sink.close()
+    assert read_jsonl(tmp_path) == expected_records(entries)
+
+
+def test_submit_request_with_an_unreadable_body_is_counted(tmp_path):
+    sink = PredictionLog(LogConfig(str(tmp_path), "jsonl"))
+    e = entry(0)
+    assert sink.submit_request(*e[:8], b'{"candidates": [{"id": "ad0"}]}', e.scores, e.order)  # 1 of 3
+    assert sink.submit_request(*e[:8], b"not json", e.scores, e.order)
+    assert sink.submit_request(*e[:8], bytearray(body_of(e)), e.scores, e.order)
+    sink.close()
+    assert sink.write_errors == 2 and sink.dropped == 2
+    assert [r["candidate_id"] for r in read_jsonl(tmp_path)] == ["ad0", "ad1", "ad2"]
+
+
+def test_submit_request_queue_bounds_drop_and_count(tmp_path):
+    sink = PredictionLog(LogConfig(str(tmp_path), "jsonl", queue_records=7))
+    e = entry(0)
+    results = [sink.submit_request(*e[:8], body_of(e), e.scores, e.order) for _ in range(4)]
+    assert results == [True, True, False, False] and sink.dropped == 2 and sink.queued_records == 6
+    sink.close()
+    assert len(read_jsonl(tmp_path)) == 6 and sink.queued_records == 0

@@ -31,10 +31,11 @@ from collections import deque
 from dataclasses import dataclass
 from functools import partial
 from itertools import chain, repeat
-from operator import is_, is_not, itemgetter
+from operator import attrgetter, is_, is_not, itemgetter
 from typing import Any, Callable, NamedTuple
 
 import fsspec
+import msgspec
 import numpy as np
 
 from ctrops.errors import ConfigError
@@ -100,7 +101,30 @@ class RequestLog(NamedTuple):
     passthrough: dict | None
 
 
+class RawRequestLog(NamedTuple):
+    """One request as a caller without Python id lists hands it over: the request-level fields, the
+    scores and ranking, and the raw (already validated) request body.
+
+    The writer re-derives the candidate ids and the passthrough objects from
+    the body (`request_from_body`), so the caller's cost is one tuple. Fields
+    0-7 and `scores` / `order` sit at the same positions as in `RequestLog`.
+    """
+
+    ts_ms: int
+    request_id: str
+    unit_id: str
+    experiment: str
+    arm: str
+    model_name: str | None
+    model_version: int | None
+    tracking_prefix: str
+    body: bytes
+    scores: np.ndarray
+    order: np.ndarray
+
+
 _ORDER = RequestLog._fields.index("order")
+assert RawRequestLog._fields.index("order") == _ORDER and RawRequestLog._fields.index("scores") == _ORDER - 1
 
 
 class PredictionLog:
@@ -153,6 +177,36 @@ class PredictionLog:
                                       entry[7], compact_ids(entry[8]), entry[9], entry[10],
                                       compact_objects(entry[11]), entry[12]))
         if len(self._queue) == _WAKE_REQUESTS:  # busy server: write now rather than hold requests' objects
+            self._wake.set()
+        return True
+
+    def submit_request(self, ts_ms: int, request_id: str, unit_id: str, experiment: str, arm: str,
+                       model_name: str | None, model_version: int | None, tracking_prefix: str, body: bytes,
+                       scores: np.ndarray, order: np.ndarray) -> bool:
+        """Queue one request's records from its raw body; never blocks. False when the queue is full
+        (counted, as `submit`).
+
+        For callers that hold the request body but no Python lists of ids and
+        passthrough objects (a native request path): the writer decodes the
+        candidates' ids and passthrough objects and the request's passthrough
+        from `body` off the request path. The body must be the one the server
+        validated; a body that does not decode to as many candidates as
+        `scores` is counted as a write error and its records as dropped. The
+        records are the same as `submit` would write.
+        """
+        n = len(order)
+        if (len(self._queue) >= self.config.queue_size or self._stop
+                or self._records_in - self._records_out + n > self.config.queue_records):
+            self.dropped += 1
+            if self.metrics is not None:
+                self.metrics.log_dropped.inc()
+            return False
+        self._records_in += n
+        if type(body) is not bytes:  # a reusable buffer (bytearray, memoryview) may change after we return
+            body = bytes(body)
+        self._queue.append(RawRequestLog(ts_ms, request_id, unit_id, experiment, arm, model_name, model_version,
+                                         tracking_prefix, body, scores, order))
+        if len(self._queue) == _WAKE_REQUESTS:
             self._wake.set()
         return True
 
@@ -232,6 +286,10 @@ class PredictionLog:
             while self._queue and len(batch) < _BUILD_REQUESTS:
                 batch.append(pop())
             self._records_out += sum(map(len, map(_order_of, batch)))
+            if any(type(e) is RawRequestLog for e in batch):
+                batch = self._expand_raw(batch)
+                if not batch:
+                    continue
             try:
                 self._pending.append(build_table(batch))
             except Exception:  # a request the builder cannot express: lost, but counted and logged
@@ -260,6 +318,22 @@ class PredictionLog:
             except Exception:
                 log.exception("writing %d debug records failed", len(debug))
                 self._count_error()
+
+    def _expand_raw(self, batch: list) -> list:
+        """The batch with raw-body requests turned into `RequestLog`s; a body that cannot be read is
+        counted (one write error, its request dropped) and left out."""
+        out = []
+        for e in batch:
+            if type(e) is RawRequestLog:
+                try:
+                    e = request_from_body(e)
+                except (ValueError, TypeError) as exc:
+                    log.error("the logged body of request %r cannot be read: %s", e.request_id, exc)
+                    self._count_error()
+                    self._count_dropped(1)
+                    continue
+            out.append(e)
+        return out
 
     def _count_error(self) -> None:
         self.write_errors += 1
@@ -382,6 +456,45 @@ _CHUNK = 32  # requests per build step: each C-level pass over one chunk holds t
 _DICTIONARY_COLUMNS = ["schema", "experiment", "arm", "model_name", "model_version", "request_id", "unit_id",
                        "ts_ms"]
 _STATISTICS_COLUMNS = ["ts_ms", "model_version"]  # min/max for time and version filters; strings' cost CPU
+
+
+# ---- raw request bodies ---------------------------------------------------------------------------
+
+class _Candidate(msgspec.Struct):
+    id: Any = None
+    passthrough: Any = None
+
+
+class _Body(msgspec.Struct):
+    """The parts of a /v1/predict body the log needs; msgspec skips the rest (context, fields)
+    without building Python objects for it, about half the cost of a full decode."""
+
+    candidates: list[_Candidate]
+    passthrough: Any = None
+
+
+_decode_body = msgspec.json.Decoder(_Body).decode
+_candidate_id = attrgetter("id")
+_candidate_passthrough = attrgetter("passthrough")
+
+
+def request_from_body(raw: RawRequestLog) -> RequestLog:
+    """The `RequestLog` (compacted as `PredictionLog.submit` does) of a raw request.
+
+    ValueError when the body is not JSON of the request's shape or holds a
+    different number of candidates than were scored.
+    """
+    try:
+        doc = _decode_body(raw.body)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ValueError(f"not a /v1/predict body: {exc}") from None
+    cands = doc.candidates
+    if len(cands) != len(raw.scores):
+        raise ValueError(f"the body has {len(cands)} candidates, {len(raw.scores)} were scored")
+    return RequestLog(raw.ts_ms, raw.request_id, raw.unit_id, raw.experiment, raw.arm, raw.model_name,
+                      raw.model_version, raw.tracking_prefix, compact_ids(list(map(_candidate_id, cands))),
+                      raw.scores, raw.order, compact_objects(list(map(_candidate_passthrough, cands))),
+                      doc.passthrough)
 
 
 # ---- memory ---------------------------------------------------------------------------------------
