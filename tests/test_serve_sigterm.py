@@ -1,4 +1,5 @@
-"""A real server process: after SIGTERM every tracking id it served is in the prediction log."""
+"""A real server process: after SIGTERM every tracking id it served is in the prediction log, with the
+writer in its own process (the default) or in a thread of the worker."""
 
 from __future__ import annotations
 
@@ -26,15 +27,38 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("runtime", ["uvicorn", "granian"])
-def test_sigterm_flushes_every_served_tracking_id(tmp_path: Path, runtime: str):
+def descendants(pid: int) -> set[int]:
+    """Every process below `pid` (Linux /proc)."""
+    out: set[int] = set()
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                kids = {int(c) for c in (task / "children").read_text().split()}
+            except OSError:
+                continue
+            todo += list(kids - out)
+            out |= kids
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("runtime,writer", [("uvicorn", "process"), ("granian", "process"), ("granian", "thread")])
+def test_sigterm_flushes_every_served_tracking_id(tmp_path: Path, runtime: str, writer: str):
     save(tmp_path / "m.ctm", make_model(1))
     publish_model(str(tmp_path / "store"), "ctr", tmp_path / "m.ctm", version=1, aliases=("production",))
     port = free_port()
     (tmp_path / "serving.yaml").write_text(
         f"model: {{storage: store, name: ctr, cache_dir: cache, poll_seconds: 0}}\n"
         f"server: {{host: 127.0.0.1, port: {port}, workers: 1, runtime: {runtime}}}\n"
-        f"log: {{path: logs, format: jsonl, flush_seconds: 30, rotate_seconds: 3600}}\n")
+        f"log: {{path: logs, format: jsonl, flush_seconds: 30, rotate_seconds: 3600, writer: {writer}}}\n")
     # flush_seconds=30: nothing is written before SIGTERM unless shutdown drains the queue
     proc = subprocess.Popen([sys.executable, "-m", "ctrops.cli_serve", "--config", str(tmp_path / "serving.yaml")],
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -57,8 +81,12 @@ def test_sigterm_flushes_every_served_tracking_id(tmp_path: Path, runtime: str):
                 r = client.post("/v1/predict", json=body)
                 assert r.status_code == 200
                 served |= {c["tracking_id"] for c in r.json()["candidates"]}
+        children = descendants(proc.pid)
+        writers = {p for p in children if b"ctrops.serve.log_writer" in Path(f"/proc/{p}/cmdline").read_bytes()}
+        assert len(writers) == (1 if writer == "process" else 0)
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
+        assert not [p for p in children if alive(p)], "a worker or writer process outlived the server"
     finally:
         if proc.poll() is None:
             proc.kill()

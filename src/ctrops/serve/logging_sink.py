@@ -47,6 +47,8 @@ log = logging.getLogger("ctrops.serve.log")
 SCHEMA_VERSION = 1
 WRITER_NICENESS = 5
 FORMATS = ("jsonl", "parquet")
+WRITERS = ("process", "thread")
+_MIN_RING_BYTES = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,8 @@ class LogConfig:
     debug_every: int = 1000           # every n-th request also logs features and weights; 0 = never
     storage_options: dict | None = None
     compression: str = "zstd"         # Parquet codec: zstd, lz4, snappy, gzip or none
+    writer: str = "process"           # `ctrops serve`: "process" (a writer process per worker) or "thread"
+    ring_bytes: int = 16 << 20        # process writer: shared-memory hand-off per worker (a full ring drops)
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
@@ -72,6 +76,11 @@ class LogConfig:
             raise ConfigError("log.rotate_seconds and log.flush_seconds must be positive")
         if self.debug_every < 0:
             raise ConfigError("log.debug_every must be 0 (off) or a positive request count")
+        if self.writer not in WRITERS:
+            raise ConfigError(f"log.writer must be one of {WRITERS}, got {self.writer!r}")
+        if self.ring_bytes < _MIN_RING_BYTES:
+            raise ConfigError(f"log.ring_bytes must be at least {_MIN_RING_BYTES} (4 MiB: a request body can "
+                              f"be 2 MB), got {self.ring_bytes}")
         if self.compression not in _CODECS:
             raise ConfigError(f"log.compression must be one of {sorted(_CODECS)}, got {self.compression!r}")
 
@@ -147,6 +156,7 @@ class PredictionLog:
         self._records_out = 0
         self._pending: list = []          # built, not yet written (compact Arrow tables)
         self._pending_requests = 0
+        self._unsettled = 0               # taken from the queue, not yet written or counted as dropped
         self._pending_since = 0.0
         self._fs, self._root = fsspec.core.url_to_fs(config.path, **(config.storage_options or {}))
         self._seq = 0
@@ -162,14 +172,8 @@ class PredictionLog:
     # ---- request side -------------------------------------------------------------------------
     def submit(self, entry: RequestLog) -> bool:
         """Queue one request's records; never blocks. False when the queue is full (counted)."""
-        n = len(entry[_ORDER])
-        if (len(self._queue) >= self.config.queue_size or self._stop
-                or self._records_in - self._records_out + n > self.config.queue_records):
-            self.dropped += 1
-            if self.metrics is not None:
-                self.metrics.log_dropped.inc()
+        if not self._admit(len(entry[_ORDER])):
             return False
-        self._records_in += n
         # Read the request's ids and passthrough objects now, while they are in the CPU cache (a few
         # microseconds), into one string and one array per key: the objects then die with the request
         # instead of being read cold by the writer later (~1 us each) and pinning allocator arenas.
@@ -194,7 +198,28 @@ class PredictionLog:
         `scores` is counted as a write error and its records as dropped. The
         records are the same as `submit` would write.
         """
-        n = len(order)
+        if not self._admit(len(order)):
+            return False
+        if type(body) is not bytes:  # a reusable buffer (bytearray, memoryview) may change after we return
+            body = bytes(body)
+        self._queue.append(RawRequestLog(ts_ms, request_id, unit_id, experiment, arm, model_name, model_version,
+                                         tracking_prefix, body, scores, order))
+        if len(self._queue) == _WAKE_REQUESTS:
+            self._wake.set()
+        return True
+
+    def submit_compacted(self, entry: RequestLog) -> bool:
+        """Queue a request whose ids and passthrough objects are already compacted (`request_from_body`,
+        the writer process's decoder); otherwise as `submit`."""
+        if not self._admit(len(entry[_ORDER])):
+            return False
+        self._queue.append(entry)
+        if len(self._queue) == _WAKE_REQUESTS:
+            self._wake.set()
+        return True
+
+    def _admit(self, n: int) -> bool:
+        """Count a request of `n` records in, or count it dropped when a bound is reached."""
         if (len(self._queue) >= self.config.queue_size or self._stop
                 or self._records_in - self._records_out + n > self.config.queue_records):
             self.dropped += 1
@@ -202,12 +227,6 @@ class PredictionLog:
                 self.metrics.log_dropped.inc()
             return False
         self._records_in += n
-        if type(body) is not bytes:  # a reusable buffer (bytearray, memoryview) may change after we return
-            body = bytes(body)
-        self._queue.append(RawRequestLog(ts_ms, request_id, unit_id, experiment, arm, model_name, model_version,
-                                         tracking_prefix, body, scores, order))
-        if len(self._queue) == _WAKE_REQUESTS:
-            self._wake.set()
         return True
 
     def submit_debug(self, record: dict | Callable[[], dict]) -> None:
@@ -224,6 +243,12 @@ class PredictionLog:
     @property
     def queued_records(self) -> int:
         return self._records_in - self._records_out
+
+    @property
+    def unsettled_requests(self) -> int:
+        """Requests taken from the queue that are neither written nor counted as dropped yet (what a
+        crash of the writer would lose besides the queue)."""
+        return self._unsettled
 
     # ---- lifecycle ----------------------------------------------------------------------------
     def start(self) -> "PredictionLog":
@@ -284,6 +309,7 @@ class PredictionLog:
         while self._queue:
             batch = []
             while self._queue and len(batch) < _BUILD_REQUESTS:
+                self._unsettled += 1  # before the pop: a reader of depth + unsettled never misses one
                 batch.append(pop())
             self._records_out += sum(map(len, map(_order_of, batch)))
             if any(type(e) is RawRequestLog for e in batch):
@@ -296,6 +322,7 @@ class PredictionLog:
                 log.exception("building the records of %d logged requests failed", len(batch))
                 self._count_error()
                 self._count_dropped(len(batch))
+                self._unsettled -= len(batch)
                 continue
             if not self._pending_since:
                 self._pending_since = time.monotonic()
@@ -331,6 +358,7 @@ class PredictionLog:
                     log.error("the logged body of request %r cannot be read: %s", e.request_id, exc)
                     self._count_error()
                     self._count_dropped(1)
+                    self._unsettled -= 1
                     continue
             out.append(e)
         return out
@@ -350,6 +378,7 @@ class PredictionLog:
         self._pending, self._pending_requests, self._pending_since = [], 0, 0.0
         for table in merge_tables(tables):
             self._write_with_retry(table, n_requests if len(tables) == 1 else None)
+        self._unsettled -= n_requests
         del tables
         _trim_heap()
 

@@ -2,8 +2,11 @@
 
 Both runtimes import the app through `app_from_env` in each worker process, so
 every worker maps the model itself (the page cache shares the weights) and
-runs its own watcher and log writer. SIGTERM goes through the runtime's
-graceful shutdown into the app's lifespan, which drains the prediction log.
+runs its own watcher and log writer. The log writer is a child process of the
+worker by default (`log.writer: process`, see log_process.py): its Arrow and
+Parquet work then never holds the worker's GIL. SIGTERM goes through the
+runtime's graceful shutdown into the app's lifespan, which drains the
+prediction log (and waits for the writer process to finish its files).
 """
 
 from __future__ import annotations
@@ -26,7 +29,17 @@ def app_from_env():
         raise RuntimeError(f"${CONFIG_ENV} must name the serving.yaml")
     logging.basicConfig(level=os.environ.get("CTROPS_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return create_app(ServingConfig.from_yaml(path))
+    config = ServingConfig.from_yaml(path)
+    if config.log is not None and config.log.writer == "process":
+        from ctrops.serve.log_process import ProcessPredictionLog, process_writer_supported
+        from ctrops.serve.metrics import ServerMetrics
+
+        if process_writer_supported():
+            metrics = ServerMetrics()
+            return create_app(config, prediction_log=ProcessPredictionLog(config.log, metrics), metrics=metrics)
+        logging.getLogger("ctrops.serve").warning(
+            "log.writer: process needs Linux and x86-64; the log writer runs as a thread in each worker")
+    return create_app(config)
 
 
 def run(config_path: str | Path, *, host: str | None = None, port: int | None = None,

@@ -1,0 +1,284 @@
+"""The server's prediction log with the writer in its own process (the default of `ctrops serve`).
+
+Why a process: in the worker, the writer thread's batch work (decoding ids,
+building Arrow columns, Parquet encoding) shares the GIL and the CPU caches
+with the request thread; measured in process, the request path cost ~60%
+more with the log on. Here the request thread encodes one payload per
+request (`log_records`) and copies it into a shared-memory ring (`log_ring`):
+a few microseconds, no lock shared with another process, no system call, never
+a wait. A full ring drops the request's records and counts them.
+
+One writer process per worker (`python -m ctrops.serve.log_writer`), at
+`WRITER_NICENESS`, runs the same `PredictionLog` code as the thread writer
+(files, rotation, retries, schema). A monitor thread in the worker (waking every
+`_MONITOR_SECONDS`) copies the writer's counters from the ring header into the
+worker's Prometheus metrics, builds sampled debug records (explaining a score
+takes milliseconds: never on the request thread) and restarts a writer that
+died: the records still in the ring survive, the ones it had taken but not
+written are counted as dropped. After `_MAX_RESTARTS` deaths within
+`_RESTART_WINDOW` seconds it stops restarting and says so; the server keeps
+serving and the full ring counts every further request as dropped.
+
+`close()` (the worker's shutdown, on SIGTERM) stops accepting, tells the writer
+to stop, and waits for it to write everything in the ring and finalise its
+files, so every tracking id served before the signal is in the log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import asdict
+from typing import Any, Callable
+
+import numpy as np
+
+from ctrops.jsonable import to_jsonable
+from ctrops.serve import log_ring as lr
+from ctrops.serve.log_records import DEBUG, RAW, encode_lists, encode_raw
+from ctrops.serve.logging_sink import LogConfig, RequestLog
+
+log = logging.getLogger("ctrops.serve.log")
+
+_MONITOR_SECONDS = 0.5
+_MAX_RESTARTS = 5
+_RESTART_WINDOW = 60.0
+
+
+def process_writer_supported() -> bool:
+    """Whether this platform can run the writer process (see `log_ring.supported`)."""
+    return lr.supported()
+
+
+class ProcessPredictionLog:
+    """`PredictionLog`'s interface (submit, submit_request, submit_debug, start, close, counters) with
+    the writer in a child process fed through a shared-memory ring."""
+
+    def __init__(self, config: LogConfig, metrics: Any = None) -> None:
+        self.config = config
+        self.metrics = metrics
+        self._ring: lr.Ring | None = None
+        self._proc: subprocess.Popen | None = None
+        self._lock = threading.Lock()      # the ring has one producer at a time (request and monitor threads)
+        self._sync_lock = threading.Lock()
+        self._stop = False
+        self._closed = threading.Event()
+        self._monitor: threading.Thread | None = None
+        self._debug: deque = deque()
+        self._deaths: deque = deque()
+        self.restarting = True             # False once the writer died too often: drops from then on
+        self._requests_in = 0
+        self._records_in = 0
+        self._push_dropped = 0             # refused at the ring (full, stopped)
+        self._lost = 0                     # taken by a writer that died before writing them
+        # last values copied into the Prometheus counters
+        self._seen_written = self._seen_errors = self._seen_writer_dropped = 0
+
+    # ---- request side -------------------------------------------------------------------------
+    def submit_request(self, ts_ms: int, request_id: str, unit_id: str, experiment: str, arm: str,
+                       model_name: str | None, model_version: int | None, tracking_prefix: str, body: bytes,
+                       scores: np.ndarray, order: np.ndarray) -> bool:
+        """Hand one request over with its raw (validated) body; never blocks. False when dropped (counted).
+
+        The writer re-derives the candidate ids and passthrough objects from the body.
+        """
+        return self._push(RAW, encode_raw(ts_ms, request_id, unit_id, experiment, arm, model_name, model_version,
+                                          tracking_prefix, body, scores, order), len(order))
+
+    def submit(self, entry: RequestLog) -> bool:
+        """Hand one request over with its lists of ids and passthrough objects (dearer than
+        `submit_request`: the lists are encoded here). False when dropped (counted)."""
+        kind, payload = encode_lists(entry)
+        return self._push(kind, payload, len(entry.order))
+
+    def _push(self, kind: int, payload: bytes, n_records: int) -> bool:
+        ring = self._ring
+        with self._lock:
+            ok = ring is not None and not self._stop and ring.push(kind, payload)
+            if ok:
+                self._requests_in += 1
+                self._records_in += n_records
+            else:
+                self._push_dropped += 1
+        if not ok and self.metrics is not None:
+            self.metrics.log_dropped.inc()
+        return ok
+
+    def submit_debug(self, record: dict | Callable[[], dict]) -> None:
+        """Queue a debug record, or a function the monitor thread calls to build it. Bounded; extra
+        records are silently skipped (as in the thread writer)."""
+        if len(self._debug) < 1000 and not self._stop:
+            self._debug.append(record)
+
+    # ---- counters -----------------------------------------------------------------------------
+    @property
+    def depth(self) -> int:
+        """Requests not yet taken by the writer's file writer (in the ring or its queue); syncs the
+        metrics, so /metrics shows the writer's latest counters."""
+        self.sync()
+        if self._ring is None:
+            return 0
+        s = self._ring.slots
+        return max(0, self._requests_in - int(s[lr.REQ_PULLED]) + int(s[lr.REQ_QUEUED]))
+
+    @property
+    def queued_records(self) -> int:
+        if self._ring is None:
+            return 0
+        s = self._ring.slots
+        return max(0, self._records_in - int(s[lr.REC_PULLED]) + int(s[lr.REC_QUEUED]))
+
+    @property
+    def records_written(self) -> int:
+        return int(self._ring.slots[lr.RECORDS_WRITTEN]) if self._ring is not None else self._seen_written
+
+    @property
+    def write_errors(self) -> int:
+        return int(self._ring.slots[lr.WRITE_ERRORS]) if self._ring is not None else self._seen_errors
+
+    @property
+    def dropped(self) -> int:
+        """Requests whose records were dropped: refused at the ring, lost with a dead writer, or
+        dropped by the writer (failed writes)."""
+        writer = int(self._ring.slots[lr.DROPPED]) if self._ring is not None else self._seen_writer_dropped
+        return self._push_dropped + self._lost + writer
+
+    @property
+    def writer_pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def sync(self) -> None:
+        """Copy the writer's counters into the Prometheus metrics (deltas since the last sync)."""
+        ring, m = self._ring, self.metrics
+        if ring is None:
+            return
+        with self._sync_lock:
+            s = ring.slots
+            written, errors, dropped = int(s[lr.RECORDS_WRITTEN]), int(s[lr.WRITE_ERRORS]), int(s[lr.DROPPED])
+            if m is not None:
+                if written > self._seen_written:
+                    m.log_records.inc(written - self._seen_written)
+                if errors > self._seen_errors:
+                    m.log_write_errors.inc(errors - self._seen_errors)
+                if dropped > self._seen_writer_dropped:
+                    m.log_dropped.inc(dropped - self._seen_writer_dropped)
+                m.log_queue_depth.set(max(0, self._requests_in - int(s[lr.REQ_PULLED]) + int(s[lr.REQ_QUEUED])))
+            self._seen_written, self._seen_errors, self._seen_writer_dropped = written, errors, dropped
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> "ProcessPredictionLog":
+        if not lr.supported():
+            raise RuntimeError("the process log writer needs Linux memfd and x86-64 memory ordering; "
+                               "set log.writer: thread")
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(self.config.path, **(self.config.storage_options or {}))
+        fs.makedirs(root, exist_ok=True)  # fail here, in the worker's start-up, on a bad path
+        self._ring = lr.Ring.create(self.config.ring_bytes)
+        self._spawn()
+        self._monitor = threading.Thread(target=self._watch, name="ctrops-log-monitor", daemon=True)
+        self._monitor.start()
+        return self
+
+    def _spawn(self) -> None:
+        assert self._ring is not None
+        fd = self._ring.fd
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "ctrops.serve.log_writer", str(fd), str(os.getpid())],
+            stdin=subprocess.PIPE, pass_fds=(fd,), close_fds=True)
+        assert self._proc.stdin is not None
+        self._proc.stdin.write(json.dumps(asdict(self.config)).encode())
+        self._proc.stdin.close()
+
+    def _watch(self) -> None:
+        while not self._closed.wait(_MONITOR_SECONDS):
+            self._build_debug()
+            self._check_writer()
+            self.sync()
+
+    def _build_debug(self) -> None:
+        while self._debug:
+            item = self._debug.popleft()
+            try:
+                record = item() if callable(item) else item
+                payload = json.dumps(record, default=to_jsonable).encode()
+            except Exception:
+                log.exception("building a debug record failed")
+                continue
+            with self._lock:
+                if self._ring is not None:
+                    self._ring.push(DEBUG, payload)  # a full ring skips it, as the thread writer's bound does
+
+    def _check_writer(self) -> None:
+        proc, ring = self._proc, self._ring
+        if proc is None or ring is None or proc.poll() is None:
+            return
+        if ring.slots[lr.WRITER_DONE]:
+            return  # it finished on a STOP (close) or after this worker's parent changed
+        s = ring.slots
+        lost = int(s[lr.REQ_PULLED] - s[lr.REQ_SETTLED])
+        self._lost += lost
+        if self.metrics is not None and lost:
+            self.metrics.log_dropped.inc(lost)
+        # records still in the ring are kept for the next writer; what the dead one had taken is gone
+        s[lr.REQ_SETTLED] = s[lr.REQ_PULLED]
+        s[lr.REQ_QUEUED] = s[lr.REC_QUEUED] = 0
+        now = time.monotonic()
+        self._deaths.append(now)
+        while self._deaths and now - self._deaths[0] > _RESTART_WINDOW:
+            self._deaths.popleft()
+        if not self.restarting:
+            return
+        if len(self._deaths) > _MAX_RESTARTS:
+            self.restarting = False
+            log.error("the prediction log writer died %d times in %.0f s (last exit status %s); not restarting "
+                      "it: the server keeps serving and counts every request's records as dropped",
+                      len(self._deaths), _RESTART_WINDOW, proc.returncode)
+            return
+        log.error("the prediction log writer (pid %d) died with status %s; %d requests it had taken are lost; "
+                  "restarting it", proc.pid, proc.returncode, lost)
+        self._spawn()
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop accepting, let the writer write everything in the ring and finalise its files, wait
+        for it (up to `timeout`). Safe to call twice."""
+        with self._lock:
+            self._stop = True
+        self._closed.set()
+        if self._monitor is not None:
+            self._monitor.join()
+            self._monitor = None
+        ring, proc = self._ring, self._proc
+        if ring is None:
+            return
+        self._build_debug()
+        self._check_writer()  # a writer that died just now: restart it to drain the ring
+        proc = self._proc
+        ring.slots[lr.STOP] = 1
+        if proc is not None:
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log.error("the prediction log writer (pid %d) did not finish within %.0f s; it keeps writing "
+                          "the %d requests left after this worker exits", proc.pid, timeout, self.depth)
+        if proc is None or proc.returncode not in (0, None) or not ring.slots[lr.WRITER_DONE]:
+            if proc is not None and proc.returncode is not None:
+                unwritten = self._requests_in - int(ring.slots[lr.REQ_SETTLED])
+                log.error("the prediction log writer exited with status %s; %d requests unwritten",
+                          proc.returncode, unwritten)
+                self._lost += max(0, unwritten)
+                if self.metrics is not None and unwritten > 0:
+                    self.metrics.log_dropped.inc(unwritten)
+        self.sync()
+        s = ring.slots
+        self._seen_written, self._seen_errors, self._seen_writer_dropped = (
+            int(s[lr.RECORDS_WRITTEN]), int(s[lr.WRITE_ERRORS]), int(s[lr.DROPPED]))
+        with self._lock:
+            self._ring = None
+        ring.close()

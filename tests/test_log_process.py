@@ -1,0 +1,232 @@
+"""The prediction-log writer process: the shared-memory ring, the same records as the thread writer,
+counters back in the worker's /metrics, drops when the ring is full, a writer that dies or loses its
+worker, debug records."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from starlette.testclient import TestClient
+
+from ctrops.errors import ConfigError
+from ctrops.serve import log_process
+from ctrops.serve import log_ring as lr
+from ctrops.serve.app import create_app
+from ctrops.serve.log_process import ProcessPredictionLog
+from ctrops.serve.log_records import LISTS_JSON, decode_entry, encode_lists
+from ctrops.serve.logging_sink import LogConfig
+from ctrops.serve.metrics import ServerMetrics
+from serve_support import HashScorer, injected_loader, make_config, request_body
+from test_serve_log import ARMS, body_of, entry, expected_records, read_jsonl, varied_entries
+
+pytestmark = pytest.mark.skipif(not lr.supported(), reason="the ring needs Linux memfd and x86-64")
+
+
+def gone(pid: int) -> bool:
+    """No such process, or a zombie (finished, waiting to be reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0] == "Z"
+    except OSError:
+        return True
+
+
+def wait_for(cond, timeout: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+# ---- the ring ---------------------------------------------------------------------------------------
+
+def test_ring_is_fifo_across_wraps_and_refuses_what_does_not_fit():
+    ring = lr.Ring.create(4096)
+    reader = lr.Ring.attach(ring.fd)  # a second mapping of the same memory, as the writer process has
+    rng = np.random.default_rng(1)
+    sent: list[bytes] = []
+    got: list[bytes] = []
+    for _ in range(300):
+        for _ in range(int(rng.integers(0, 6))):
+            payload = rng.bytes(int(rng.integers(0, 700)))
+            need = 8 + (len(payload) + 7) // 8 * 8
+            if ring.push(7, payload):
+                sent.append(payload)
+            else:  # refused only when it does not fit, counting the skipped tail (< need) at a wrap
+                assert ring.used + 2 * need > 4096
+        got += [p for kind, p in reader.pull(int(rng.integers(0, 4)))]
+    got += [p for _, p in reader.pull(10_000)]
+    assert got == sent and len(sent) > 300
+    assert not ring.push(1, b"x" * 4096)  # larger than the ring: never fits
+    assert ring.used == 0
+    reader.close()
+    ring.close()
+
+
+def test_ring_full_refuses_until_the_reader_frees_space():
+    ring = lr.Ring.create(1024)
+    n = 0
+    while ring.push(1, bytes([n]) * 100):
+        n += 1
+    assert n == 1024 // 112  # 8-byte head + 100 bytes padded to 104
+    assert [p[0] for _, p in ring.pull(2)] == [0, 1]
+    assert ring.push(1, b"\xff" * 100)  # room again (wraps to the start)
+    assert [p[0] for _, p in ring.pull(100)] == list(range(2, n)) + [255]
+    ring.close()
+
+
+def test_lists_with_a_huge_integer_go_as_json():
+    e = entry(0)._replace(passthrough={"auction": 2**70})
+    kind, payload = encode_lists(e)
+    assert kind == LISTS_JSON
+    back = decode_entry(kind, payload)
+    assert back.passthrough == {"auction": 2**70} and back.scores.tolist() == e.scores.tolist()
+
+
+def test_bad_writer_settings():
+    with pytest.raises(ConfigError, match="log.writer"):
+        LogConfig("/tmp/x", writer="fork")
+    with pytest.raises(ConfigError, match="log.ring_bytes"):
+        LogConfig("/tmp/x", ring_bytes=1000)
+
+
+# ---- the writer process ------------------------------------------------------------------------------
+
+def submit_both_ways(sink, entries) -> None:
+    for i, e in enumerate(entries):
+        if i % 2:
+            assert sink.submit(e)
+        else:
+            assert sink.submit_request(*e[:8], body_of(e), e.scores, e.order)
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_process_writer_writes_the_documented_records(tmp_path, fmt):
+    entries = varied_entries()
+    sink = ProcessPredictionLog(LogConfig(str(tmp_path), fmt, flush_seconds=0.05)).start()
+    writer = sink.writer_pid
+    submit_both_ways(sink, entries)
+    sink.close()
+    assert sink.dropped == 0 and sink.write_errors == 0 and sink.queued_records == 0
+    if fmt == "jsonl":
+        rows = read_jsonl(tmp_path)
+    else:
+        rows = [r for f in sorted(tmp_path.glob("predictions-*.parquet")) for r in pq.read_table(f).to_pylist()]
+    want = expected_records(entries)
+    assert len(rows) == len(want) == sink.records_written
+    key = lambda r: r["tracking_id"]  # noqa: E731
+    for got, exp in zip(sorted(rows, key=key), sorted(want, key=key)):
+        if fmt == "parquet" and isinstance(exp["candidate_passthrough"], dict):
+            exp = {**exp, "candidate_passthrough": {k: float(v) if k == "bid" else v
+                                                    for k, v in exp["candidate_passthrough"].items()}}
+        assert got == exp
+    assert not list(tmp_path.glob(".*inprogress"))
+    assert sink._proc.returncode == 0 and gone(writer)
+
+
+def test_full_ring_drops_and_counts_and_the_rest_is_written(tmp_path):
+    metrics = ServerMetrics()
+    sink = ProcessPredictionLog(LogConfig(str(tmp_path), "jsonl", ring_bytes=4 << 20, flush_seconds=0.05),
+                                metrics).start()
+    e = entry(0, n=3)
+    big = body_of(e)[:-1] + b', "pad": "' + b"x" * 60_000 + b'"}'  # ~60 KB a request: 69 fill the ring
+    os.kill(sink.writer_pid, signal.SIGSTOP)  # a stalled writer
+    try:
+        results = [sink.submit_request(*e[:8], big, e.scores, e.order) for _ in range(100)]
+    finally:
+        os.kill(sink.writer_pid, signal.SIGCONT)
+    accepted = sum(results)
+    assert 50 < accepted < 100 and results == [True] * accepted + [False] * (100 - accepted)
+    assert sink.dropped == 100 - accepted
+    assert metrics.log_dropped._value.get() == 100 - accepted
+    sink.close()
+    assert len(read_jsonl(tmp_path)) == 3 * accepted == sink.records_written
+    assert metrics.log_records._value.get() == 3 * accepted
+
+
+def test_metrics_show_the_writer_processes_counters_and_debug_records_are_written(tmp_path):
+    cfg = make_config(tmp_path, debug_every=5)
+    metrics = ServerMetrics()
+    sink = ProcessPredictionLog(cfg.log, metrics)
+    loader = injected_loader(cfg, ARMS, {"production": HashScorer(5)})
+    served = set()
+    with TestClient(create_app(cfg, loader=loader, prediction_log=sink, metrics=metrics)) as c:
+        for i in range(30):
+            out = c.post("/v1/predict", json=request_body(4, user=f"user{i}", passthrough={"auction": i})).json()
+            served |= {cand["tracking_id"] for cand in out["candidates"]}
+        wait_for(lambda: sink.records_written == 120, what="the writer process to write 120 records")
+        text = c.get("/metrics").text
+        assert "ctrops_log_records_total 120.0" in text and "ctrops_log_queue_depth 0.0" in text
+        assert "ctrops_log_dropped_total 0.0" in text
+    rows = read_jsonl(tmp_path / "logs")
+    assert {r["tracking_id"] for r in rows} == served
+    assert {r["passthrough"]["auction"] for r in rows} == set(range(30))
+    debug = [json.loads(x) for p in (tmp_path / "logs").glob("debug-*.jsonl") for x in p.read_text().splitlines()]
+    assert debug and all(d["tracking_id"] in served and "explain" in d for d in debug)
+
+
+def test_a_killed_writer_is_restarted_and_what_it_held_is_counted(tmp_path):
+    sink = ProcessPredictionLog(LogConfig(str(tmp_path), "jsonl", flush_seconds=30)).start()  # holds its queue
+    first = sink.writer_pid
+    entries = varied_entries()
+    submit_both_ways(sink, entries[:60])
+    wait_for(lambda: int(sink._ring.slots[lr.REQ_PULLED]) == 60, what="the writer to take the first requests")
+    os.kill(first, signal.SIGKILL)
+    wait_for(lambda: sink.writer_pid != first, what="a restarted writer")
+    submit_both_ways(sink, entries[60:])
+    sink.close()
+    assert sink.dropped == 60  # taken by the killed writer (flush_seconds=30: none written yet)
+    rows = read_jsonl(tmp_path)
+    assert {r["request_id"] for r in rows} == {e.request_id for e in entries[60:]}
+    assert len(rows) == sink.records_written == len(expected_records(entries[60:]))
+
+
+def test_a_writer_that_keeps_dying_is_given_up_and_the_server_counts_drops(tmp_path, monkeypatch):
+    monkeypatch.setattr(log_process, "_MAX_RESTARTS", 1)
+    sink = ProcessPredictionLog(LogConfig(str(tmp_path), "jsonl", ring_bytes=4 << 20)).start()
+    for _ in range(2):
+        pid = sink.writer_pid
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: sink.writer_pid != pid or not sink.restarting, what="the monitor to notice")
+    assert not sink.restarting
+    e = entry(0, n=3)
+    big = body_of(e)[:-1] + b', "pad": "' + b"x" * 60_000 + b'"}'
+    results = [sink.submit_request(*e[:8], big, e.scores, e.order) for _ in range(100)]
+    accepted = sum(results)
+    assert 0 < accepted < 100  # the ring takes what fits, then refuses
+    sink.close(timeout=2)
+    assert sink.dropped == 100  # nothing was written: every request counted
+    assert sink.records_written == 0 and read_jsonl(tmp_path) == []
+
+
+WORKER = """
+import os, sys
+sys.path[:0] = sys.argv[2:]
+from ctrops.serve.log_process import ProcessPredictionLog
+from ctrops.serve.logging_sink import LogConfig
+from test_serve_log import varied_entries, body_of
+sink = ProcessPredictionLog(LogConfig(sys.argv[1], "jsonl", flush_seconds=30)).start()
+for e in varied_entries():
+    assert sink.submit_request(*e[:8], body_of(e), e.scores, e.order)
+print(sink.writer_pid, flush=True)
+os._exit(0)  # a worker that dies without closing its log
+"""
+
+
+def test_the_writer_writes_everything_when_its_worker_dies(tmp_path):
+    tests = str(Path(__file__).resolve().parent)
+    out = subprocess.run([sys.executable, "-c", WORKER, str(tmp_path), tests], capture_output=True, text=True,
+                         timeout=60, check=True)
+    writer = int(out.stdout.split()[0])
+    wait_for(lambda: gone(writer), what="the orphaned writer to finish")
+    rows = read_jsonl(tmp_path)
+    assert len(rows) == len(expected_records(varied_entries()))
+    assert not list(tmp_path.glob(".*inprogress"))
