@@ -57,13 +57,14 @@ def test_ring_is_fifo_across_wraps_and_refuses_what_does_not_fit():
     for _ in range(300):
         for _ in range(int(rng.integers(0, 6))):
             payload = rng.bytes(int(rng.integers(0, 700)))
-            need = 8 + (len(payload) + 7) // 8 * 8
-            if ring.push(7, payload):
-                sent.append(payload)
+            cut = int(rng.integers(0, len(payload) + 1))
+            need = 16 + (len(payload) + 15) // 16 * 16
+            if ring.push(7, payload[:cut], payload[cut:]):
+                sent.append((payload, cut))
             else:  # refused only when it does not fit, counting the skipped tail (< need) at a wrap
                 assert ring.used + 2 * need > 4096
-        got += [p for kind, p in reader.pull(int(rng.integers(0, 4)))]
-    got += [p for _, p in reader.pull(10_000)]
+        got += [(p, split) for kind, p, split in reader.pull(int(rng.integers(0, 4)))]
+    got += [(p, split) for _, p, split in reader.pull(10_000)]
     assert got == sent and len(sent) > 300
     assert not ring.push(1, b"x" * 4096)  # larger than the ring: never fits
     assert ring.used == 0
@@ -76,10 +77,10 @@ def test_ring_full_refuses_until_the_reader_frees_space():
     n = 0
     while ring.push(1, bytes([n]) * 100):
         n += 1
-    assert n == 1024 // 112  # 8-byte head + 100 bytes padded to 104
-    assert [p[0] for _, p in ring.pull(2)] == [0, 1]
+    assert n == 1024 // 128  # 16-byte head + 100 bytes padded to 112
+    assert [p[0] for _, p, _ in ring.pull(2)] == [0, 1]
     assert ring.push(1, b"\xff" * 100)  # room again (wraps to the start)
-    assert [p[0] for _, p in ring.pull(100)] == list(range(2, n)) + [255]
+    assert [p[0] for _, p, _ in ring.pull(100)] == list(range(2, n)) + [255]
     ring.close()
 
 

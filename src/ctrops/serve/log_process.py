@@ -89,18 +89,18 @@ class ProcessPredictionLog:
         The writer re-derives the candidate ids and passthrough objects from the body.
         """
         return self._push(RAW, encode_raw(ts_ms, request_id, unit_id, experiment, arm, model_name, model_version,
-                                          tracking_prefix, body, scores, order), len(order))
+                                          tracking_prefix, scores, order), body, len(order))
 
     def submit(self, entry: RequestLog) -> bool:
         """Hand one request over with its lists of ids and passthrough objects (dearer than
         `submit_request`: the lists are encoded here). False when dropped (counted)."""
         kind, payload = encode_lists(entry)
-        return self._push(kind, payload, len(entry.order))
+        return self._push(kind, payload, b"", len(entry.order))
 
-    def _push(self, kind: int, payload: bytes, n_records: int) -> bool:
+    def _push(self, kind: int, head: bytes, body: bytes, n_records: int) -> bool:
         ring = self._ring
         with self._lock:
-            ok = ring is not None and not self._stop and ring.push(kind, payload)
+            ok = ring is not None and not self._stop and ring.push(kind, head, body)
             if ok:
                 self._requests_in += 1
                 self._records_in += n_records

@@ -24,9 +24,15 @@ elsewhere and callers keep the thread writer there.
 
 Layout: a 4 KiB header of int64 slots (the producer's on one cache line, the
 consumer's on others, so neither side's stores invalidate the other's line),
-then `capacity` bytes of records. A record is an 8-byte head (payload length,
-kind) and the payload, padded to 8 bytes; a record never wraps: when it does
-not fit before the end, a PAD head fills the tail and the record starts at 0.
+then `capacity` bytes of records. A record is a 16-byte head (payload length,
+kind, split, reserved) and the payload, padded to 16 bytes; a record never
+wraps: when it does not fit before the end, a PAD head fills the tail and the
+record starts at 0. A payload is written from two parts (`split` is where the
+second starts), so a large part such as a request body is copied into the ring
+once, not first joined with the rest.
+
+The pages are allocated when the ring is created and mapped populated, so the
+request thread never takes a page fault on first use of a ring page.
 """
 
 from __future__ import annotations
@@ -49,8 +55,9 @@ RECORDS_WRITTEN, WRITE_ERRORS, DROPPED = 24, 25, 26
 WRITER_PID, WRITER_DONE = 32, 33
 
 PAD = 0xFFFF_FFFF
-_HEAD = struct.Struct("<II")  # payload length, kind
+_HEAD = struct.Struct("<IIII")  # payload length, kind, split (length of the first part), reserved
 _HEAD_SIZE = _HEAD.size
+_ALIGN = 16  # records start 16-byte aligned, so a tail too short for a record still holds a PAD head
 
 
 def supported() -> bool:
@@ -65,7 +72,7 @@ class Ring:
         self.fd = fd
         self.owner = owner
         size = os.fstat(fd).st_size
-        self._mm = mmap.mmap(fd, size)
+        self._mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0))
         self._view = memoryview(self._mm)
         self.slots = self._view[:HEADER_BYTES].cast("q")
         if self.slots[MAGIC] != _MAGIC:
@@ -77,14 +84,15 @@ class Ring:
 
     @classmethod
     def create(cls, capacity: int) -> "Ring":
-        """A new zeroed ring of `capacity` data bytes (rounded up to 8) on an anonymous memfd.
+        """A new zeroed ring of `capacity` data bytes (rounded up to 16) on an anonymous memfd.
 
         The descriptor is inheritable only when passed explicitly (subprocess's `pass_fds`).
         """
-        capacity = (capacity + 7) // 8 * 8
+        capacity = (capacity + _ALIGN - 1) // _ALIGN * _ALIGN
         fd = os.memfd_create("ctrops-prediction-log", os.MFD_CLOEXEC)
         try:
             os.ftruncate(fd, HEADER_BYTES + capacity)
+            os.posix_fallocate(fd, 0, HEADER_BYTES + capacity)  # the pages now, not on the request path
             with mmap.mmap(fd, HEADER_BYTES) as mm:
                 slots = memoryview(mm).cast("q")
                 slots[CAPACITY] = capacity
@@ -100,15 +108,17 @@ class Ring:
         return cls(fd, owner=False)
 
     # ---- producer -----------------------------------------------------------------------------
-    def push(self, kind: int, payload: bytes) -> bool:
-        """Append one record; False (nothing written) when the ring has no room for it.
+    def push(self, kind: int, head: bytes, body: bytes = b"") -> bool:
+        """Append one record whose payload is `head` + `body`; False (nothing written) when the ring
+        has no room for it.
 
         One producer at a time: callers in several threads hold a lock around it.
         """
         slots, cap = self.slots, self.capacity
         w = slots[WRITE_POS]
-        n = len(payload)
-        need = _HEAD_SIZE + ((n + 7) & ~7)
+        split = len(head)
+        n = split + len(body)
+        need = _HEAD_SIZE + ((n + _ALIGN - 1) & -_ALIGN)
         pos = w % cap
         tail = cap - pos
         skip = tail if need > tail else 0
@@ -116,10 +126,13 @@ class Ring:
             return False
         data = self._data
         if skip:
-            _HEAD.pack_into(data, pos, tail - _HEAD_SIZE, PAD)
+            _HEAD.pack_into(data, pos, tail - _HEAD_SIZE, PAD, 0, 0)
             pos = 0
-        _HEAD.pack_into(data, pos, n, kind)
-        data[pos + _HEAD_SIZE:pos + _HEAD_SIZE + n] = payload
+        _HEAD.pack_into(data, pos, n, kind, split, 0)
+        start = pos + _HEAD_SIZE
+        data[start:start + split] = head
+        if n > split:
+            data[start + split:start + n] = body
         slots[WRITE_POS] = w + skip + need  # publish after the bytes (x86-64 keeps stores in order)
         return True
 
@@ -129,20 +142,20 @@ class Ring:
         return int(self.slots[WRITE_POS] - self.slots[READ_POS])
 
     # ---- consumer -----------------------------------------------------------------------------
-    def pull(self, limit: int) -> list[tuple[int, bytes]]:
-        """Up to `limit` records (kind, payload copied out), oldest first; the space is released."""
+    def pull(self, limit: int) -> list[tuple[int, bytes, int]]:
+        """Up to `limit` records (kind, payload copied out, split), oldest first; the space is released."""
         slots, cap, data = self.slots, self.capacity, self._data
         r = slots[READ_POS]
         w = slots[WRITE_POS]
-        out: list[tuple[int, bytes]] = []
+        out: list[tuple[int, bytes, int]] = []
         while r < w and len(out) < limit:
             pos = r % cap
-            n, kind = _HEAD.unpack_from(data, pos)
+            n, kind, split, _ = _HEAD.unpack_from(data, pos)
             if kind == PAD:
                 r += cap - pos
                 continue
-            out.append((kind, bytes(data[pos + _HEAD_SIZE:pos + _HEAD_SIZE + n])))
-            r += _HEAD_SIZE + ((n + 7) & ~7)
+            out.append((kind, bytes(data[pos + _HEAD_SIZE:pos + _HEAD_SIZE + n]), split))
+            r += _HEAD_SIZE + ((n + _ALIGN - 1) & -_ALIGN)
         slots[READ_POS] = r
         return out
 

@@ -26,6 +26,7 @@ import os
 import signal
 import sys
 import time
+from collections import deque
 from typing import Any
 
 import msgspec
@@ -52,19 +53,30 @@ class Pump:
             int(s[lr.RECORDS_WRITTEN]), int(s[lr.WRITE_ERRORS]), int(s[lr.DROPPED]))
         self.req_pulled, self.rec_pulled = int(s[lr.REQ_PULLED]), int(s[lr.REC_PULLED])
         self.bad_records = 0
+        self._carry: deque = deque()  # decoded, waiting for room in the sink's queue
 
-    def room(self) -> bool:
-        """Whether the sink's queue can take another pull (else the ring fills and the worker drops)."""
-        c = self.sink.config
-        return self.sink.depth + _PULL <= c.queue_size and self.sink.queued_records < c.queue_records
+    def _queue_carried(self) -> bool:
+        """Queue what the last pull left over; False while the sink's queue is full (the ring then
+        fills, and the worker counts its drops: back-pressure instead of a second place to drop)."""
+        carry, sink = self._carry, self.sink
+        while carry:
+            entry = carry[0]
+            if not sink.has_room(len(entry.order)) and sink.depth:
+                return False
+            sink.submit_compacted(entry)  # into an empty queue only if larger than queue_records: counted
+            carry.popleft()
+        return True
 
     def step(self) -> int:
-        """Pull and queue one batch of records; the number pulled."""
+        """Pull one batch of records and queue them (what does not fit waits in `_carry`); the
+        number pulled."""
+        if not self._queue_carried():
+            return 0
         records = self.ring.pull(_PULL)
         if not records:
             return 0
         n_req = n_rec = 0
-        for kind, payload in records:
+        for kind, payload, split in records:
             if kind == DEBUG:
                 try:
                     self.sink.submit_debug(json.loads(payload))
@@ -73,24 +85,29 @@ class Pump:
                 continue
             n_req += 1
             try:
-                entry = decode_entry(kind, payload)
+                entry = decode_entry(kind, payload, split)
             except (ValueError, TypeError, msgspec.DecodeError) as exc:
                 log.error("a logged request cannot be read (%s): dropped", exc)
                 self.bad_records += 1
                 continue
             n_rec += len(entry.order)
-            if not self.sink.submit_compacted(entry):  # room() keeps this from happening; counted if it does
-                log.warning("the writer's queue was full: a request dropped")
+            self._carry.append(entry)
         self.req_pulled += n_req
         self.rec_pulled += n_rec
         s = self.ring.slots
         s[lr.REQ_PULLED] = self.req_pulled
         s[lr.REC_PULLED] = self.rec_pulled
+        self._queue_carried()
         return len(records)
+
+    @property
+    def carrying(self) -> bool:
+        return bool(self._carry)
 
     def publish(self) -> None:
         s, sink = self.ring.slots, self.sink
-        depth, queued = sink.depth, sink.queued_records
+        carried = len(self._carry)
+        depth, queued = sink.depth + carried, sink.queued_records + sum(len(e.order) for e in self._carry)
         s[lr.RECORDS_WRITTEN] = self._base_written + sink.records_written
         s[lr.WRITE_ERRORS] = self._base_errors + sink.write_errors + self.bad_records
         s[lr.DROPPED] = self._base_dropped + sink.dropped + self.bad_records
@@ -109,9 +126,9 @@ def run(fd: int, config: LogConfig, parent: int) -> int:
     stopping = False
     while True:
         stopping = stopping or bool(ring.slots[lr.STOP]) or os.getppid() != parent
-        moved = pump.step() if pump.room() else 0
+        moved = pump.step()
         pump.publish()
-        if stopping and ring.used == 0:
+        if stopping and ring.used == 0 and not pump.carrying:
             break
         if not moved:
             time.sleep(_IDLE_SECONDS)

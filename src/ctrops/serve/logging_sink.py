@@ -218,10 +218,14 @@ class PredictionLog:
             self._wake.set()
         return True
 
+    def has_room(self, n: int) -> bool:
+        """Whether a request of `n` records would be queued now (nothing is counted)."""
+        return (len(self._queue) < self.config.queue_size and not self._stop
+                and self._records_in - self._records_out + n <= self.config.queue_records)
+
     def _admit(self, n: int) -> bool:
         """Count a request of `n` records in, or count it dropped when a bound is reached."""
-        if (len(self._queue) >= self.config.queue_size or self._stop
-                or self._records_in - self._records_out + n > self.config.queue_records):
+        if not self.has_room(n):
             self.dropped += 1
             if self.metrics is not None:
                 self.metrics.log_dropped.inc()
