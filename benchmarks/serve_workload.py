@@ -137,16 +137,23 @@ class Server:
     log_path: Path
 
     def pids(self) -> list[int]:
-        """The server's process tree (workers included)."""
+        """The server's process tree (workers and their log writer processes included).
+
+        Children are listed per thread: a process started from a worker's
+        thread (the log writer, restarted by a monitor thread) is only in that
+        thread's list, so every thread's list is read.
+        """
         out, todo = [], [self.proc.pid]
         while todo:
             pid = todo.pop()
             out.append(pid)
-            try:
-                kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-            except OSError:
-                kids = []
-            todo += [int(k) for k in kids]
+            kids: list[str] = []
+            for task in Path(f"/proc/{pid}/task").glob("*"):
+                try:
+                    kids += (task / "children").read_text().split()
+                except OSError:
+                    pass
+            todo += [int(k) for k in dict.fromkeys(kids) if int(k) not in out]
         return out
 
     def memory(self) -> dict[str, float]:
