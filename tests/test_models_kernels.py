@@ -317,3 +317,60 @@ def test_linear_terms_take_their_own_learning_rate():
     np.testing.assert_allclose(lin_small, lin_default * 0.1, rtol=1e-5)   # a step of eta_linear / eta as large
     np.testing.assert_array_equal(lat_small, lat_default)                 # the latent step is unchanged
     assert np.all(lin_default > 0)
+
+
+def _train_with_fast_rows(rows, n_fields, n_features, fast, epochs=3):
+    """Train `rows` with the AVX2 kernels, letting the usual rows take the unchecked update or not."""
+    indptr = np.cumsum([0] + [len(r) for r in rows]).astype(np.int64)
+    f = np.array([e[0] for r in rows for e in r], dtype=np.int32)
+    j = np.array([e[1] for r in rows for e in r], dtype=np.int32)
+    x = np.ones(len(f), dtype=np.float32)
+    y = (np.arange(len(rows)) % 4 == 0).astype(np.float32)
+    state = np.ones((n_features, n_fields, 8), dtype=np.float32)
+    state[..., :4] = np.random.default_rng(1).random((n_features, n_fields, 4), dtype=np.float32) * 0.5
+    _ffm.set_fast_rows(fast)
+    try:
+        for e in range(epochs):
+            order = np.random.default_rng(e).permutation(len(rows)).astype(np.int64)
+            _ffm.fm_family_epoch(0, indptr, f, j, x, y, np.empty(0, dtype=np.float32), order, state.reshape(-1),
+                                 n_fields, 4, np.empty(0, dtype=np.float32), np.empty(0), 0.2, 2e-5, 0.0, True, 1)
+    finally:
+        _ffm.set_fast_rows(True)
+    return state
+
+
+@pytest.mark.skipif(not _ffm.AVX2_TRAINING, reason="this CPU has no AVX2+FMA")
+def test_unchecked_update_of_usual_rows_equals_the_general_loop():
+    """One-hot rows with distinct features and fields skip the alias tests; they must train bit for bit
+    what the general loop trains. Rows that repeat a feature or a field (which must not take the
+    unchecked loop) are mixed in, as are odd and even row lengths."""
+    rng = np.random.default_rng(5)
+    n_fields, n_features = 12, 300
+    rows = []
+    for r in range(400):
+        n = int(rng.integers(2, n_fields + 1))
+        fields = rng.choice(n_fields, size=n, replace=False)          # distinct, in any order
+        feats = rng.choice(n_features, size=n, replace=False)
+        if r % 7 == 0:
+            feats[-1] = feats[0]                                       # a repeated feature
+        if r % 11 == 0 and n > 2:
+            fields[1] = fields[2]                                      # a repeated field
+        rows.append([(int(ff), int(jj), 1.0) for ff, jj in zip(fields, feats)])
+    fast = _train_with_fast_rows(rows, n_fields, n_features, True)
+    general = _train_with_fast_rows(rows, n_fields, n_features, False)
+    np.testing.assert_array_equal(fast, general)
+    assert not np.array_equal(fast[..., :4], _train_with_fast_rows(rows, n_fields, n_features, True, epochs=1)[..., :4])
+
+
+def test_rows_longer_than_the_table_limit_score_like_the_reference():
+    """Rows of more than 128 entries take another pair loop (no per-row tables on the stack)."""
+    rng = np.random.default_rng(9)
+    n_fields, n_features, k = 150, 400, 4
+    params = random_params("ffm", n_features, n_fields, k, seed=3)
+    lengths = [140, 3, 150, 129, 128]
+    indptr = np.cumsum([0] + lengths).astype(np.int64)
+    f = np.concatenate([np.sort(rng.choice(n_fields, size=n, replace=False)) for n in lengths]).astype(np.int32)
+    j = rng.integers(0, n_features, indptr[-1]).astype(np.int32)
+    x = rng.uniform(0.5, 1.5, indptr[-1]).astype(np.float32)
+    X = FieldMatrix.from_arrays(indptr, f, j, x, np.zeros(len(lengths), dtype=np.float32), n_fields, n_features)
+    np.testing.assert_allclose(scoring.predict_logits(params, X), reference.logits(params, X), rtol=1e-5, atol=1e-4)

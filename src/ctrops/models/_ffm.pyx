@@ -491,6 +491,7 @@ PARALLEL_MIN_ROWS = 2048
 cdef extern from "ffm_train_avx2.h":
     int CTR_HAVE_AVX2_KERNELS
     int ctr_avx2_usable() noexcept nogil
+    int ctr_fast_rows
     float ctr_ffm_pairs4_avx2(const int32_t* f, const int32_t* j, const float* x, Py_ssize_t n,
                               const float* W, Py_ssize_t sj, Py_ssize_t sf) noexcept nogil
     void ctr_ffm_update4_avx2(const int32_t* f, const int32_t* j, const float* x, Py_ssize_t n,
@@ -506,6 +507,13 @@ def set_avx2_training(bint enabled):
     """Switch the AVX2 training kernels off (or back on, where the CPU has them); for tests and A/B runs."""
     global _use_avx2
     _use_avx2 = enabled and AVX2_TRAINING
+
+
+def set_fast_rows(bint enabled):
+    """Send every row through the general AVX2 update (False) or let the usual Criteo rows (values 1,
+    distinct features and fields, no L1) take the unchecked one (True, the default); for tests and A/B runs."""
+    global ctr_fast_rows
+    ctr_fast_rows = 1 if enabled else 0
 
 
 cdef inline double _sigmoid(double z) noexcept nogil:

@@ -15,6 +15,12 @@
  * after the other as the SSE kernel does. With one thread the result is
  * still bit-for-bit reproducible on a given machine.
  *
+ * An epoch is bound by instruction throughput more than by memory (callgrind counted ~35k
+ * instructions a 39-field row; the same rows over a 100-feature model, which fits in L2, run only
+ * ~20% faster than over 1e6 features). So both loops take their block addresses from per-row
+ * tables, and the usual Criteo row (values 1, distinct features and fields, no L1) is updated by a
+ * loop without alias tests or per-pair branches: ~23% fewer instructions a row, same arithmetic.
+ *
  * Everything is compiled with a per-function target attribute, so the module
  * builds and runs on any x86-64 CPU: ctr_avx2_usable() says whether to call it.
  */
@@ -72,22 +78,49 @@ static inline int ctr_ones(const float* x, Py_ssize_t n) {
     return 1;
 }
 
-/* sum over a < b of <W[j_a, f_b], W[j_b, f_a]> x_a x_b; blocks are sf floats apart (sf >= 4) */
+/* Rows up to this long may take the table-driven loops below (their per-row tables live on the stack). */
+#define CTR_FAST_ROW_MAX 128
+
+/* sum over a < b of <W[j_a, f_b], W[j_b, f_a]> x_a x_b for rows longer than CTR_FAST_ROW_MAX */
+CTR_AVX2 static float ctr_ffm_pairs4_long(const int32_t* f, const int32_t* j, const float* x, Py_ssize_t n,
+                                          const float* W, Py_ssize_t sj, Py_ssize_t sf) {
+    __m128 acc = _mm_setzero_ps();
+    for (Py_ssize_t a = 0; a < n; a++) {
+        const float* wa = W + (Py_ssize_t)j[a] * sj;
+        const Py_ssize_t fa = (Py_ssize_t)f[a] * sf;
+        for (Py_ssize_t b = a + 1; b < n; b++) {
+            const __m128 p = _mm_mul_ps(_mm_loadu_ps(wa + (Py_ssize_t)f[b] * sf), _mm_set1_ps(x[a] * x[b]));
+            acc = _mm_fmadd_ps(p, _mm_loadu_ps(W + (Py_ssize_t)j[b] * sj + fa), acc);
+        }
+    }
+    return ctr_hsum128f(acc);
+}
+
+/* sum over a < b of <W[j_a, f_b], W[j_b, f_a]> x_a x_b; blocks are sf floats apart (sf >= 4).
+   Every block address comes from two per-row tables (feature span, field offset), computed once
+   per row rather than once per pair: two multiplications fewer for each of the row's pairs. */
 CTR_AVX2 static float ctr_ffm_pairs4_avx2(const int32_t* f, const int32_t* j, const float* x, Py_ssize_t n,
                                           const float* W, Py_ssize_t sj, Py_ssize_t sf) {
+    if (n > CTR_FAST_ROW_MAX) return ctr_ffm_pairs4_long(f, j, x, n, W, sj, sf);
+    const float* span[CTR_FAST_ROW_MAX];
+    Py_ssize_t foff[CTR_FAST_ROW_MAX];
+    for (Py_ssize_t a = 0; a < n; a++) {
+        span[a] = W + (Py_ssize_t)j[a] * sj;
+        foff[a] = (Py_ssize_t)f[a] * sf;
+    }
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
     __m128 tail = _mm_setzero_ps();
     const int ones = ctr_ones(x, n);
     for (Py_ssize_t a = 0; a < n; a++) {
-        const float* wa = W + (Py_ssize_t)j[a] * sj;
-        const Py_ssize_t fa = (Py_ssize_t)f[a] * sf;
+        const float* const wa = span[a];
+        const Py_ssize_t fa = foff[a];
         const float xa = x[a];
         Py_ssize_t b = a + 1;
         for (; b + 3 < n; b += 4) {
-            __m256 p = ctr_load_pair(wa + (Py_ssize_t)f[b] * sf, wa + (Py_ssize_t)f[b + 1] * sf);
-            __m256 q = ctr_load_pair(W + (Py_ssize_t)j[b] * sj + fa, W + (Py_ssize_t)j[b + 1] * sj + fa);
-            __m256 r = ctr_load_pair(wa + (Py_ssize_t)f[b + 2] * sf, wa + (Py_ssize_t)f[b + 3] * sf);
-            __m256 s = ctr_load_pair(W + (Py_ssize_t)j[b + 2] * sj + fa, W + (Py_ssize_t)j[b + 3] * sj + fa);
+            __m256 p = ctr_load_pair(wa + foff[b], wa + foff[b + 1]);
+            __m256 q = ctr_load_pair(span[b] + fa, span[b + 1] + fa);
+            __m256 r = ctr_load_pair(wa + foff[b + 2], wa + foff[b + 3]);
+            __m256 s = ctr_load_pair(span[b + 2] + fa, span[b + 3] + fa);
             if (!ones) {
                 p = _mm256_mul_ps(p, _mm256_setr_m128(_mm_set1_ps(xa * x[b]), _mm_set1_ps(xa * x[b + 1])));
                 r = _mm256_mul_ps(r, _mm256_setr_m128(_mm_set1_ps(xa * x[b + 2]), _mm_set1_ps(xa * x[b + 3])));
@@ -96,9 +129,9 @@ CTR_AVX2 static float ctr_ffm_pairs4_avx2(const int32_t* f, const int32_t* j, co
             acc1 = _mm256_fmadd_ps(r, s, acc1);
         }
         for (; b < n; b++) {
-            __m128 p = _mm_loadu_ps(wa + (Py_ssize_t)f[b] * sf);
+            __m128 p = _mm_loadu_ps(wa + foff[b]);
             if (!ones) p = _mm_mul_ps(p, _mm_set1_ps(xa * x[b]));
-            tail = _mm_fmadd_ps(p, _mm_loadu_ps(W + (Py_ssize_t)j[b] * sj + fa), tail);
+            tail = _mm_fmadd_ps(p, _mm_loadu_ps(span[b] + fa), tail);
         }
     }
     return ctr_hsum256(_mm256_add_ps(acc0, acc1)) + ctr_hsum128f(tail);
@@ -128,15 +161,96 @@ CTR_AVX2 static inline void ctr_pair_step4(float* w1, float* w2, __m128 v, __m12
     _mm_storeu_ps(w2, W2);
 }
 
+/* 0 sends every row through the general loop (tests compare the two; A/B timing) */
+static int ctr_fast_rows = 1;
+
+/* Whether the n values are pairwise distinct (n <= CTR_FAST_ROW_MAX): a 256-slot open-addressing
+   set, a few instructions per value. */
+static inline int ctr_all_distinct(const int32_t* v, Py_ssize_t n) {
+    int32_t slot_value[256];
+    unsigned char used[256] = {0};
+    for (Py_ssize_t a = 0; a < n; a++) {
+        unsigned h = ((uint32_t)v[a] * 2654435761u) >> 24;
+        while (used[h]) {
+            if (slot_value[h] == v[a]) return 0;
+            h = (h + 1) & 255u;
+        }
+        used[h] = 1;
+        slot_value[h] = v[a];
+    }
+    return 1;
+}
+
+/* The usual Criteo row: all values 1, no L1 step, every feature and every field distinct. Then no
+   two pairs of the row can touch one block (W[j_a, f_b] = W[j_c, f_d] needs j_a = j_c, i.e. a = c,
+   and then f_b = f_d, i.e. b = d), so pairs go two by two with no alias test, no value products and
+   no per-pair branch; every block address comes from two per-row tables (feature span, field
+   offset) instead of two multiplications. About a third fewer instructions than the general loop;
+   the arithmetic, and so the result, is the general loop's. */
+CTR_AVX2 static void ctr_ffm_update4_fast(const int32_t* f, const int32_t* j, Py_ssize_t n, float* W,
+                                          Py_ssize_t sj, float kr, float eta, float lam,
+                                          const int32_t* j_next, Py_ssize_t n_next) {
+    const Py_ssize_t sf = 8;
+    float* span[CTR_FAST_ROW_MAX];
+    Py_ssize_t foff[CTR_FAST_ROW_MAX];
+    for (Py_ssize_t a = 0; a < n; a++) {
+        span[a] = W + (Py_ssize_t)j[a] * sj;
+        foff[a] = (Py_ssize_t)f[a] * sf;
+    }
+    const __m256 vlam = _mm256_set1_ps(lam), veta = _mm256_set1_ps(eta), v = _mm256_set1_ps(kr);
+    const __m128 vlam4 = _mm_set1_ps(lam), veta4 = _mm_set1_ps(eta), v4 = _mm_set1_ps(kr);
+    const Py_ssize_t row_bytes = sj * (Py_ssize_t)sizeof(float);
+    for (Py_ssize_t a = 0; a < n; a++) {
+        float* const wa = span[a];
+        if (a < n_next) {
+            const char* p = (const char*)(W + (Py_ssize_t)j_next[a] * sj);
+            for (Py_ssize_t off = 0; off < row_bytes; off += 64) _mm_prefetch(p + off, _MM_HINT_T0);
+        }
+        if (a == n - 1) {
+            for (Py_ssize_t c = n; c < n_next; c++) {
+                const char* p = (const char*)(W + (Py_ssize_t)j_next[c] * sj);
+                for (Py_ssize_t off = 0; off < row_bytes; off += 64) _mm_prefetch(p + off, _MM_HINT_T0);
+            }
+        }
+        const Py_ssize_t fa = foff[a];
+        Py_ssize_t b = a + 1;
+        for (; b + 1 < n; b += 2) {
+            float* const p1b = wa + foff[b];
+            float* const p1c = wa + foff[b + 1];
+            float* const p2b = span[b] + fa;
+            float* const p2c = span[b + 1] + fa;
+            const __m256 A1 = _mm256_loadu_ps(p1b), C1 = _mm256_loadu_ps(p1c);
+            const __m256 A2 = _mm256_loadu_ps(p2b), C2 = _mm256_loadu_ps(p2c);
+            __m256 W1 = _mm256_permute2f128_ps(A1, C1, 0x20), G1 = _mm256_permute2f128_ps(A1, C1, 0x31);
+            __m256 W2 = _mm256_permute2f128_ps(A2, C2, 0x20), G2 = _mm256_permute2f128_ps(A2, C2, 0x31);
+            const __m256 g1 = _mm256_fmadd_ps(v, W2, _mm256_mul_ps(vlam, W1));
+            const __m256 g2 = _mm256_fmadd_ps(v, W1, _mm256_mul_ps(vlam, W2));
+            G1 = _mm256_fmadd_ps(g1, g1, G1);
+            G2 = _mm256_fmadd_ps(g2, g2, G2);
+            W1 = _mm256_fnmadd_ps(_mm256_mul_ps(veta, _mm256_rsqrt_ps(G1)), g1, W1);
+            W2 = _mm256_fnmadd_ps(_mm256_mul_ps(veta, _mm256_rsqrt_ps(G2)), g2, W2);
+            _mm256_storeu_ps(p1b, _mm256_permute2f128_ps(W1, G1, 0x20));
+            _mm256_storeu_ps(p2b, _mm256_permute2f128_ps(W2, G2, 0x20));
+            _mm256_storeu_ps(p1c, _mm256_permute2f128_ps(W1, G1, 0x31));
+            _mm256_storeu_ps(p2c, _mm256_permute2f128_ps(W2, G2, 0x31));
+        }
+        if (b < n) ctr_pair_step4(wa + foff[b], span[b] + fa, v4, vlam4, veta4, 0.0f);
+    }
+}
+
 /* AdaGrad step for every pair of a row (training layout, sf == 8); kr = dloss/dt * scale.
    While row i is updated, the weight blocks of the next row (j_next) are prefetched. */
 CTR_AVX2 static void ctr_ffm_update4_avx2(const int32_t* f, const int32_t* j, const float* x, Py_ssize_t n,
                                           float* W, Py_ssize_t sj, float kr, float eta, float lam, float l1,
                                           const int32_t* j_next, Py_ssize_t n_next) {
     const Py_ssize_t sf = 8;
+    const int ones = ctr_ones(x, n);
+    if (ctr_fast_rows && ones && l1 <= 0.0f && n <= CTR_FAST_ROW_MAX && ctr_all_distinct(f, n) && ctr_all_distinct(j, n)) {
+        ctr_ffm_update4_fast(f, j, n, W, sj, kr, eta, lam, j_next, n_next);
+        return;
+    }
     const __m256 vlam = _mm256_set1_ps(lam), veta = _mm256_set1_ps(eta), vkr = _mm256_set1_ps(kr);
     const __m128 vlam4 = _mm_set1_ps(lam), veta4 = _mm_set1_ps(eta);
-    const int ones = ctr_ones(x, n);
     const Py_ssize_t row_bytes = sj * (Py_ssize_t)sizeof(float);
     for (Py_ssize_t a = 0; a < n; a++) {
         float* wa = W + (Py_ssize_t)j[a] * sj;
