@@ -36,6 +36,35 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import serve_workload as w  # noqa: E402
 
 
+def memory_by_role(server: w.Server) -> dict:
+    """PSS in MiB of the whole server tree by role (granian supervisor, workers, log writer processes),
+    from /proc/<pid>/smaps_rollup.
+
+    PSS divides every shared page among the processes that map it, so the sum
+    counts each page once: the model file (page cache mapped by every worker),
+    shared libraries, and each worker's log ring (shared memory mapped by the
+    worker and its writer, `Pss_Shmem`). The model file counts in full when
+    every page of it has been touched; `model_pss` says how much of it was.
+    """
+    roles: dict = {}
+    for pid in server.pids():
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        except OSError:
+            continue
+        role = ("log writer" if b"ctrops.serve.log_writer" in cmd else
+                "supervisor" if pid == server.proc.pid else "worker")
+        r = roles.setdefault(role, {"processes": 0, "pss": 0.0, "pss_anon": 0.0, "pss_file": 0.0, "pss_shmem": 0.0})
+        r["processes"] += 1
+        for line in rollup.splitlines():
+            key, _, rest = line.partition(":")
+            name = {"Pss": "pss", "Pss_Anon": "pss_anon", "Pss_File": "pss_file", "Pss_Shmem": "pss_shmem"}.get(key)
+            if name:
+                r[name] += int(rest.split()[0]) / 1024
+    return {k: {n: round(v, 1) if isinstance(v, float) else v for n, v in r.items()} for k, r in roles.items()}
+
+
 def load(client: str, port: int, bodies: Path, rate: float, duration: float) -> dict:
     if client == "wrk":
         return w.run_wrk_paced(port, bodies, "/v1/predict", rate, duration)
@@ -99,6 +128,8 @@ def main() -> None:
     ap.add_argument("--skip-baseline", action="store_true")
     ap.add_argument("--skip-sweep", action="store_true")
     ap.add_argument("--no-log", action="store_true", help="run the server without the prediction log")
+    ap.add_argument("--log-writer", default="process", choices=["process", "thread"],
+                    help="log.writer: a writer process per worker (default) or a thread in each worker")
     args = ap.parse_args()
     if args.client == "wrk" and shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get update && apt-get install -y wrk (or --client python)")
@@ -114,15 +145,16 @@ def main() -> None:
     bodies = w.write_bodies(w.make_requests(400, w.values_per_field(model)), w.OUT / "bodies-100.jsonl")
     size_mb = model.stat().st_size / 2**20
     print(f"model {model.name}: {size_mb:.0f} MiB; {args.runtime} ({args.interface}), {args.workers} workers, "
-          f"prediction log {'off' if args.no_log else 'on (parquet)'}; load: {args.client}; 2 cores shared by "
+          f"prediction log {'off' if args.no_log else f'on (parquet, {args.log_writer} writer)'}; load: {args.client}; 2 cores shared by "
           f"server and load generator", flush=True)
 
     log_dir = w.OUT / "prediction-log"
     shutil.rmtree(log_dir, ignore_errors=True)
     server = w.start_ctrops(storage, args.workers, args.runtime, None if args.no_log else log_dir,
-                            interface=args.interface)
+                            interface=args.interface, log_writer=args.log_writer)
     result: dict = {"runtime": args.runtime, "interface": args.interface, "workers": args.workers,
                     "client": args.client, "model_mib": round(size_mb, 1), "prediction_log": not args.no_log,
+                    "log_writer": None if args.no_log else args.log_writer,
                     "loadavg_start": os.getloadavg()}
     try:
         load(args.client, server.port, bodies, min(rate, 500), 3)  # warm up (page cache, code paths)
@@ -139,9 +171,13 @@ def main() -> None:
             result["ctrops_sweep"] = runs
         mem = server.memory()
         result["memory"] = mem
+        result["memory_by_role"] = roles = memory_by_role(server)
         print(f"memory after load: PSS {mem['pss_mb']:.0f} MiB, RSS {mem['rss_mb']:.0f} MiB over "
               f"{mem['processes']} processes; model file {size_mb:.0f} MiB -> PSS - file = "
               f"{mem['pss_mb'] - size_mb:.0f} MiB (target <= 300 MB)", flush=True)
+        for role, r in roles.items():
+            print(f"  {role:10s} x{r['processes']}: PSS {r['pss']:7.1f} MiB (anon {r['pss_anon']:.1f}, file "
+                  f"{r['pss_file']:.1f}, shared memory {r['pss_shmem']:.1f})", flush=True)
     finally:
         code = server.stop()
         result["shutdown_exit_code"] = code
@@ -169,7 +205,8 @@ def main() -> None:
                   f"(lowest {brates[0]} req/s: p99 {bruns[0]['p99_ms']} ms)", flush=True)
     result["loadavg_end"] = os.getloadavg()
     print(f"machine load average (1, 5, 15 min) at start {result['loadavg_start']}, at end {result['loadavg_end']}")
-    tag = f"{args.runtime}{'-nolog' if args.no_log else ''}{'-quick' if args.quick else ''}"
+    tag = (f"{args.runtime}{'-nolog' if args.no_log else '' if args.log_writer == 'process' else '-threadlog'}"
+           f"{'-quick' if args.quick else ''}")
     out = w.OUT / f"bench_serve_load-{tag}.json"
     out.write_text(json.dumps(result, indent=2))
     print(json.dumps({k: v for k, v in result.items() if not k.endswith("sweep")}))

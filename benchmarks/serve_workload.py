@@ -206,7 +206,8 @@ def start(name: str, argv: list[str], port: int, ready_path: str, env: dict | No
 
 
 def ctrops_config(storage: Path, port: int, workers: int, runtime: str, log_dir: Path | None,
-                  poll_seconds: float = 0, token: str = "bench-token", interface: str = "rsgi") -> Path:
+                  poll_seconds: float = 0, token: str = "bench-token", interface: str = "rsgi",
+                  log_writer: str = "process") -> Path:
     cfg = {"model": {"storage": str(storage), "name": MODEL_NAME, "cache_dir": str(OUT / "cache"),
                      "poll_seconds": poll_seconds},
            "server": {"host": "127.0.0.1", "port": port, "workers": workers, "runtime": runtime,
@@ -215,7 +216,8 @@ def ctrops_config(storage: Path, port: int, workers: int, runtime: str, log_dir:
                {"name": "production", "share": 95, "model": "production"},
                {"name": "random", "share": 5, "random": True}]}}
     if log_dir is not None:
-        cfg["log"] = {"path": str(log_dir), "format": "parquet", "rotate_seconds": 60, "debug_every": 1000}
+        cfg["log"] = {"path": str(log_dir), "format": "parquet", "rotate_seconds": 60, "debug_every": 1000,
+                      "writer": log_writer}
     path = OUT / f"serving-{runtime}-{workers}.yaml"
     import yaml
     path.write_text(yaml.safe_dump(cfg))
@@ -223,9 +225,10 @@ def ctrops_config(storage: Path, port: int, workers: int, runtime: str, log_dir:
 
 
 def start_ctrops(storage: Path, workers: int = 2, runtime: str = "granian", log_dir: Path | None = None,
-                 poll_seconds: float = 0, interface: str = "rsgi") -> Server:
+                 poll_seconds: float = 0, interface: str = "rsgi", log_writer: str = "process") -> Server:
     port = free_port()
-    cfg = ctrops_config(storage, port, workers, runtime, log_dir, poll_seconds, interface=interface)
+    cfg = ctrops_config(storage, port, workers, runtime, log_dir, poll_seconds, interface=interface,
+                        log_writer=log_writer)
     mp = OUT / f"prom-{port}"
     shutil.rmtree(mp, ignore_errors=True)
     mp.mkdir(parents=True)

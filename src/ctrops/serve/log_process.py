@@ -47,6 +47,10 @@ from ctrops.serve.logging_sink import LogConfig, RequestLog
 log = logging.getLogger("ctrops.serve.log")
 
 _MONITOR_SECONDS = 0.5
+# The writer's memory (unless the environment says otherwise): Arrow allocates through malloc, which
+# the writer trims after every write, instead of mimalloc (which kept ~15 MiB more per writer), and one
+# malloc arena for its few threads instead of one per thread (measured: anon memory 77 -> 59 MiB).
+_WRITER_ENV = {"ARROW_DEFAULT_MEMORY_POOL": "system", "MALLOC_ARENA_MAX": "1"}
 _MAX_RESTARTS = 5
 _RESTART_WINDOW = 60.0
 
@@ -191,7 +195,7 @@ class ProcessPredictionLog:
         fd = self._ring.fd
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "ctrops.serve.log_writer", str(fd), str(os.getpid())],
-            stdin=subprocess.PIPE, pass_fds=(fd,), close_fds=True)
+            stdin=subprocess.PIPE, pass_fds=(fd,), close_fds=True, env={**_WRITER_ENV, **os.environ})
         assert self._proc.stdin is not None
         self._proc.stdin.write(json.dumps(asdict(self.config)).encode())
         self._proc.stdin.close()
