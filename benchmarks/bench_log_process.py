@@ -2,7 +2,8 @@
 
 The request path is the server's own (`PredictionService.handle` on raw request
 bodies: parse, assign, score with the 1e6-feature FFM, rank, render, log
-hand-off), timed back to back in this thread with
+hand-off), sent at a worker's share of the load (--rate, default 1,000/s: half of
+2,000 req/s over 2 workers), each call timed in this thread, with
 - no prediction log (the baseline),
 - the thread writer (`PredictionLog`: its thread shares this process's GIL and caches),
 - the process writer (`ProcessPredictionLog`: a shared-memory ring, a writer process at nice 5).
@@ -37,13 +38,25 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
-def run_requests(handle, bodies: list[bytes], n: int) -> tuple[float, float]:
-    """(wall µs, thread-CPU µs) per request over n requests."""
+def run_requests(handle, bodies: list[bytes], n: int, rate: float) -> tuple[float, float, float]:
+    """(mean wall µs, p99 wall µs, mean thread-CPU µs) per request over n requests sent at `rate` per
+    second (a worker's share of the server's load: the writer runs between requests, as in a server)."""
     m = len(bodies)
-    t0, c0 = time.perf_counter(), time.thread_time()
+    walls = np.empty(n)
+    clock, cpu_clock = time.perf_counter, time.thread_time
+    c0 = cpu_clock()
+    start = clock()
     for i in range(n):
+        if rate > 0:
+            due = start + i / rate
+            now = clock()
+            if due > now:
+                time.sleep(due - now)
+        t0 = clock()
         handle(bodies[i % m])
-    return (time.perf_counter() - t0) / n * 1e6, (time.thread_time() - c0) / n * 1e6
+        walls[i] = clock() - t0
+    cpu = cpu_clock() - c0
+    return walls.mean() * 1e6, float(np.percentile(walls, 99)) * 1e6, cpu / n * 1e6
 
 
 def handoff_us(sink, parsed: list, bodies: list[bytes], raw: bool, n: int) -> dict:
@@ -80,6 +93,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small model, few requests (smoke run)")
     ap.add_argument("--requests", type=int, default=2000, help="requests per round and variant")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rate", type=float, default=1000.0,
+                    help="requests per second (one worker's share); 0: back to back, as fast as the thread goes")
     args = ap.parse_args()
     n_features = 50_000 if args.quick else 1_000_000
     n, rounds = (300, 2) if args.quick else (args.requests, args.rounds)
@@ -100,7 +115,7 @@ def main() -> None:
     bodies = [json.dumps(r, separators=(",", ":")).encode() for r in reqs]
     sys.setswitchinterval(0.0005)  # as the server sets it (app.startup)
 
-    result: dict = {"model": model_path.name, "requests_per_round": n, "rounds": rounds}
+    result: dict = {"model": model_path.name, "requests_per_round": n, "rounds": rounds, "rate": args.rate}
     with tempfile.TemporaryDirectory() as tmp:
         cfg = ServingConfig.from_dict({"model": {"storage": tmp, "name": "ctr", "poll_seconds": 0},
                                        "log": {"path": f"{tmp}/logs", "format": "parquet"}}, source="bench")
@@ -117,16 +132,18 @@ def main() -> None:
             assert s.handle(bodies[0])[0] == 200
         time.sleep(2.0)  # the writer process imports pyarrow
         wall: dict = {k: [] for k in services}
+        p99: dict = {k: [] for k in services}
         cpu: dict = {k: [] for k in services}
         writer_cpu = []
         for _ in range(rounds):
             for name, s in services.items():
-                run_requests(s.handle, bodies, min(n, 200))  # warm
+                run_requests(s.handle, bodies, min(n, 200), args.rate)  # warm
                 if name == "process writer":
                     pid, c0, done0 = process_log.writer_pid, proc_cpu_seconds(process_log.writer_pid), \
                         process_log.records_written
-                wa, cp = run_requests(s.handle, bodies, n)
+                wa, tail, cp = run_requests(s.handle, bodies, n, args.rate)
                 wall[name].append(wa)
+                p99[name].append(tail)
                 cpu[name].append(cp)
                 if name == "process writer":
                     while process_log.depth:  # let it finish this round's requests
@@ -136,8 +153,8 @@ def main() -> None:
                     writer_cpu.append((proc_cpu_seconds(pid) - c0) / max(done, 1) * 1e6)
                 else:
                     time.sleep(1.0)  # the thread writer drains between rounds too
-        result["request_us"] = {k: {"wall": round(statistics.median(v), 1), "cpu": round(statistics.median(cpu[k]), 1)}
-                                for k, v in wall.items()}
+        result["request_us"] = {k: {"wall": round(statistics.median(v), 1), "p99_wall": round(statistics.median(p99[k]), 1),
+                                    "cpu": round(statistics.median(cpu[k]), 1)} for k, v in wall.items()}
         result["writer_process_cpu_us_per_request"] = round(statistics.median(writer_cpu), 1)
         hn = min(n, 2000)
         result["handoff_us"] = {"process submit_request (raw body)": handoff_us(process_log, reqs, bodies, True, hn),
@@ -151,15 +168,18 @@ def main() -> None:
     result["loadavg"] = os.getloadavg()
 
     base = result["request_us"]["no log"]
-    print(f"model {model_path.name}, requests of 100 candidates, {rounds} rounds x {n} requests, medians")
+    pace = f"{args.rate:.0f}/s" if args.rate > 0 else "back to back"
+    print(f"model {model_path.name}, requests of 100 candidates {pace}, {rounds} rounds x {n} "
+          f"requests, medians over rounds")
     for name, r in result["request_us"].items():
-        print(f"  {name:15s}: {r['wall']:7.1f} µs wall, {r['cpu']:7.1f} µs CPU per request on the request thread; "
-              f"+{r['wall'] - base['wall']:.1f} µs wall over no log ({r['wall'] / base['wall']:.2f}x)")
+        print(f"  {name:15s}: {r['wall']:7.1f} µs wall (p99 {r['p99_wall']:7.1f}), {r['cpu']:7.1f} µs CPU per request "
+              f"on the request thread; +{r['wall'] - base['wall']:.1f} µs wall over no log "
+              f"({r['wall'] / base['wall']:.2f}x)")
     print(f"  writer process: {result['writer_process_cpu_us_per_request']} µs CPU per request (its own process)")
     for k, v in result["handoff_us"].items():
         print(f"  hand-off alone, {k}: {v['wall']} µs wall, {v['cpu']} µs CPU")
     print(f"  dropped {result['dropped']}; load average {result['loadavg']}")
-    out = w.OUT / "bench_log_process.json"
+    out = w.OUT / f"bench_log_process-rate{args.rate:.0f}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(json.dumps(result))

@@ -1,9 +1,14 @@
 """The prediction log: one record per returned candidate, written off the request path.
 
+This is the writer itself, run as a thread: by in-process users and tests
+directly, and by `ctrops serve` inside a writer process of its own per worker
+(log_process.py, log_writer.py; `log.writer: thread` keeps it in the worker).
+
 The request thread hands the writer one compact tuple per request (the
 arrays and lists it already holds: ids, scores, ranking order, tracking-id
-prefix, passthrough objects) through a bounded deque; that costs about a
-microsecond. A background thread turns whole batches of those tuples into
+prefix, passthrough objects, compacted while they are in cache) through a
+bounded deque, or with `submit_request` the raw request body, from which the
+writer re-derives ids and passthrough objects. A background thread turns whole batches of those tuples into
 Arrow columns with C-level gathers (no Python work per record, only C-level
 `map`/`chain` over per-candidate lists and Arrow kernels that run without the
 GIL) and appends them to rotating Parquet or JSONL files on any fsspec storage.
