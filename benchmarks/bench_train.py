@@ -15,6 +15,7 @@ LIBFFM figure (7-8 s/epoch for 1M Criteo rows) is printed, labelled as quoted.
 
     python benchmarks/bench_train.py            # 1.2M rows
     python benchmarks/bench_train.py --quick    # 100k rows smoke run
+    python benchmarks/bench_train.py --rounds 3 # 1-thread comparison repeated: median of per-round ratios
 """
 
 from __future__ import annotations
@@ -188,6 +189,32 @@ def time_ffm(train: FieldMatrix, valid: FieldMatrix, threads: int, epochs: int) 
     return model.fit(train, valid)
 
 
+def compare_rounds(train: FieldMatrix, valid: FieldMatrix, epochs: int, workdir: Path, rounds: int,
+                   ours_first: float, libffm_first: float) -> list[float]:
+    """Repeat the 1-thread pair of runs, alternating which goes first, and report the ratio per round.
+
+    A ratio is taken within a round (the two runs minutes apart), never across
+    rounds, and the median over rounds is the figure: the machine's background
+    load moves both tools' epochs by tens of percent between rounds.
+    """
+    ratios = [libffm_first / ours_first]
+    print(f"round 1: LIBFFM {libffm_first:.2f} s, ctrops {ours_first:.2f} s per epoch -> {ratios[0]:.2f}x")
+    for r in range(2, rounds + 1):
+        base = run_libffm(train, valid, epochs, workdir, 1)
+        model = time_ffm(train, valid, 1, epochs)
+        ours = float(np.median([h["seconds"] for h in model.history_]))
+        del model
+        if not base or not base["epoch_seconds"]:
+            print(f"round {r}: LIBFFM did not run")
+            continue
+        lib = float(np.median(base["epoch_seconds"]))
+        ratios.append(lib / ours)
+        print(f"round {r}: LIBFFM {lib:.2f} s, ctrops {ours:.2f} s per epoch -> {ratios[-1]:.2f}x", flush=True)
+    print(f"speed-up vs LIBFFM on 1 thread over {len(ratios)} rounds: median {np.median(ratios):.2f}x "
+          f"(rounds: {', '.join(f'{x:.2f}' for x in ratios)})")
+    return ratios
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="100k rows, 3 epochs")
@@ -196,6 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--workdir", type=Path, default=Path("bench-out/train"))
     ap.add_argument("--no-baseline", action="store_true")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="rounds of the 1-thread comparison; after the first, each runs LIBFFM then ctrops again "
+                         "and the median of the per-round ratios is printed (a shared machine's load drifts: "
+                         "one pair of runs can land 30%% apart)")
     args = ap.parse_args(argv)
     rows = args.rows or (100_000 if args.quick else 1_200_000)
     epochs = args.epochs or (3 if args.quick else 6)
@@ -257,6 +288,9 @@ def main(argv: list[str] | None = None) -> int:
             if base.get("peak_rss_mib"):
                 print(f"  peak RSS: LIBFFM process {base['peak_rss_mib']:.0f} MiB, ctrops {ours_rss:.0f} MiB "
                       f"-> ratio {ours_rss / base['peak_rss_mib']:.2f}")
+        if args.rounds > 1:
+            compare_rounds(train, valid, epochs, args.workdir, args.rounds, results[1]["median_s"],
+                           float(np.median(bases[1]["epoch_seconds"])))
     else:
         lo, hi = QUOTED_LIBFFM_S_PER_EPOCH
         print(f"LIBFFM baseline not measured; QUOTED (not measured) figure: {lo:.0f}-{hi:.0f} s/epoch for 1M "
