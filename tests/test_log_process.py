@@ -231,3 +231,84 @@ def test_the_writer_writes_everything_when_its_worker_dies(tmp_path):
     rows = read_jsonl(tmp_path)
     assert len(rows) == len(expected_records(varied_entries()))
     assert not list(tmp_path.glob(".*inprogress"))
+
+
+# ---- one writer for the whole server (hub) -------------------------------------------------------
+
+def hub_worker_logs(hub, tmp_path, n: int = 2, **kw):
+    cfg = LogConfig(str(tmp_path), "jsonl", flush_seconds=30, **kw)  # files written on flush / close only
+    return [ProcessPredictionLog(cfg, ServerMetrics(), hub=hub.name).start() for _ in range(n)]
+
+
+def test_a_hub_writes_every_workers_records_and_counts_them_per_worker(tmp_path):
+    from ctrops.serve.log_process import LogHub
+
+    hub = LogHub(LogConfig(str(tmp_path), "jsonl", flush_seconds=30)).start()
+    try:
+        a, b = hub_worker_logs(hub, tmp_path)
+        entries = varied_entries()
+        submit_both_ways(a, entries[:100])
+        submit_both_ways(b, entries[100:])
+        wait_for(lambda: a.writer_pid == hub.pid and b.writer_pid == hub.pid, what="the hub to take both rings")
+        a.close()  # a worker's close waits until the hub has written its records
+        assert a.records_written == len(expected_records(entries[:100])) and a.dropped == 0
+        b.close()
+        assert b.records_written == len(expected_records(entries[100:])) and b.dropped == 0
+        assert a.metrics.log_records._value.get() == a.records_written
+    finally:
+        hub.close()
+    rows = read_jsonl(tmp_path)
+    assert sorted(rows, key=lambda r: r["tracking_id"]) == sorted(expected_records(entries),
+                                                                 key=lambda r: r["tracking_id"])
+    assert len(list(tmp_path.glob("predictions-*.jsonl"))) == 1  # one writer, one file
+    assert gone(hub.pid)
+
+
+def test_a_killed_hub_is_restarted_and_its_workers_reconnect(tmp_path):
+    from ctrops.serve.log_process import LogHub
+
+    hub = LogHub(LogConfig(str(tmp_path), "jsonl", flush_seconds=30)).start()
+    try:
+        a, b = hub_worker_logs(hub, tmp_path)
+        entries = varied_entries()
+        submit_both_ways(a, entries[:30])
+        wait_for(lambda: int(a._ring.slots[lr.REQ_PULLED]) == 30, what="the hub to take them")
+        first = hub.pid
+        os.kill(first, signal.SIGKILL)
+        wait_for(lambda: hub.pid != first and a.writer_pid == hub.pid and b.writer_pid == hub.pid,
+                 what="a restarted hub with both workers back")
+        assert a.dropped == 30  # taken by the killed hub, not written (flush_seconds=30)
+        submit_both_ways(a, entries[30:90])
+        submit_both_ways(b, entries[90:])
+        a.close()
+        b.close()
+        assert a.records_written == len(expected_records(entries[30:90])) and b.dropped == 0
+    finally:
+        hub.close()
+    rows = read_jsonl(tmp_path)
+    assert {r["request_id"] for r in rows} == {e.request_id for e in entries[30:]}
+
+
+HUB_WORKER = """
+import os, sys
+sys.path[:0] = sys.argv[3:]
+from ctrops.serve.log_process import ProcessPredictionLog
+from ctrops.serve.logging_sink import LogConfig
+from test_serve_log import varied_entries, body_of
+sink = ProcessPredictionLog(LogConfig(sys.argv[1], "jsonl", flush_seconds=30), hub=sys.argv[2]).start()
+for e in varied_entries():
+    assert sink.submit_request(*e[:8], body_of(e), e.scores, e.order)
+os._exit(0)  # a worker that dies without closing its log: the hub still has its ring
+"""
+
+
+def test_a_hub_writes_the_ring_of_a_worker_that_died(tmp_path):
+    from ctrops.serve.log_process import LogHub
+
+    hub = LogHub(LogConfig(str(tmp_path), "jsonl", flush_seconds=30)).start()
+    try:
+        tests = str(Path(__file__).resolve().parent)
+        subprocess.run([sys.executable, "-c", HUB_WORKER, str(tmp_path), hub.name, tests], timeout=60, check=True)
+    finally:
+        hub.close()
+    assert len(read_jsonl(tmp_path)) == len(expected_records(varied_entries()))

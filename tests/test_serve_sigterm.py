@@ -86,7 +86,8 @@ def test_sigterm_flushes_every_served_tracking_id(tmp_path: Path, runtime: str, 
         assert len(writers) == (1 if writer == "process" else 0)
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
-        assert not [p for p in children if alive(p)], "a worker or writer process outlived the server"
+        survivors = {p: Path(f"/proc/{p}/cmdline").read_bytes() for p in children if alive(p)}
+        assert not survivors, f"a worker or writer process outlived the server: {survivors}"
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -1,27 +1,36 @@
-"""The server's prediction log with the writer in its own process (the default of `ctrops serve`).
+"""The server's prediction log with the writer in another process (the default of `ctrops serve`).
 
 Why a process: in the worker, the writer thread's batch work (decoding ids,
 building Arrow columns, Parquet encoding) shares the GIL and the CPU caches
-with the request thread; measured in process, the request path cost ~60%
-more with the log on. Here the request thread encodes one payload per
-request (`log_records`) and copies it into a shared-memory ring (`log_ring`):
-a few microseconds, no lock shared with another process, no system call, never
-a wait. A full ring drops the request's records and counts them.
+with the request thread; measured in process, back to back, the request path
+cost 1.7x with the thread writer and 1.17x with a writer process. Here the
+request thread encodes one payload per request (`log_records`) and copies it
+into a shared-memory ring (`log_ring`): microseconds, no lock shared with
+another process, no system call, never a wait. A full ring drops the
+request's records and counts them.
 
-One writer process per worker (`python -m ctrops.serve.log_writer`), at
-`WRITER_NICENESS`, runs the same `PredictionLog` code as the thread writer
-(files, rotation, retries, schema). A monitor thread in the worker (waking every
-`_MONITOR_SECONDS`) copies the writer's counters from the ring header into the
-worker's Prometheus metrics, builds sampled debug records (explaining a score
-takes milliseconds: never on the request thread) and restarts a writer that
-died: the records still in the ring survive, the ones it had taken but not
-written are counted as dropped. After `_MAX_RESTARTS` deaths within
-`_RESTART_WINDOW` seconds it stops restarting and says so; the server keeps
-serving and the full ring counts every further request as dropped.
+The writer (`python -m ctrops.serve.log_writer`, at `WRITER_NICENESS`) runs
+the same `PredictionLog` code as the thread writer (files, rotation, retries,
+schema). `ctrops serve` starts one for the whole server (`LogHub`, from the
+supervisor before the workers: Python's and Arrow's ~60 MiB floor is paid
+once, not per worker); each worker's `ProcessPredictionLog(hub=...)` hands it
+its ring over a Unix socket. Without a hub (in-process users, tests),
+`ProcessPredictionLog` starts a writer of its own.
 
-`close()` (the worker's shutdown, on SIGTERM) stops accepting, tells the writer
-to stop, and waits for it to write everything in the ring and finalise its
-files, so every tracking id served before the signal is in the log.
+A monitor thread in the worker (waking every `_MONITOR_SECONDS`) copies the
+writer's counters for this worker from the ring header into the worker's
+Prometheus metrics, builds sampled debug records (explaining a score takes
+milliseconds: never on the request thread), and handles a writer that died:
+the records still in the ring survive, the ones it had taken but not written
+are counted as dropped; its own writer is restarted (after `_MAX_RESTARTS`
+deaths within `_RESTART_WINDOW` seconds it stops restarting and says so; the
+server keeps serving and the full ring counts every further request as
+dropped), the hub is restarted by `LogHub` and the worker reconnects.
+
+`close()` (the worker's shutdown, on SIGTERM) stops accepting, marks the ring
+stopped and waits until the writer has written all of it, so every tracking id
+served before the signal is in the log; the hub finalises its files when the
+supervisor closes it after the workers.
 """
 
 from __future__ import annotations
@@ -29,6 +38,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
+import socket
 import subprocess
 import sys
 import threading
@@ -64,11 +75,13 @@ class ProcessPredictionLog:
     """`PredictionLog`'s interface (submit, submit_request, submit_debug, start, close, counters) with
     the writer in a child process fed through a shared-memory ring."""
 
-    def __init__(self, config: LogConfig, metrics: Any = None) -> None:
+    def __init__(self, config: LogConfig, metrics: Any = None, hub: str | None = None) -> None:
         self.config = config
         self.metrics = metrics
+        self.hub = hub                     # the server's writer (LogHub.name); None: start an own writer
         self._ring: lr.Ring | None = None
         self._proc: subprocess.Popen | None = None
+        self._sock: socket.socket | None = None
         self._lock = threading.Lock()      # the ring has one producer at a time (request and monitor threads)
         self._sync_lock = threading.Lock()
         self._stop = False
@@ -155,7 +168,10 @@ class ProcessPredictionLog:
 
     @property
     def writer_pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
+        if self._proc is not None:
+            return self._proc.pid
+        pid = int(self._ring.slots[lr.WRITER_PID]) if self._ring is not None else 0
+        return pid or None
 
     def sync(self) -> None:
         """Copy the writer's counters into the Prometheus metrics (deltas since the last sync)."""
@@ -185,20 +201,37 @@ class ProcessPredictionLog:
         fs, root = fsspec.core.url_to_fs(self.config.path, **(self.config.storage_options or {}))
         fs.makedirs(root, exist_ok=True)  # fail here, in the worker's start-up, on a bad path
         self._ring = lr.Ring.create(self.config.ring_bytes)
-        self._spawn()
+        if self.hub is None:
+            self._spawn()
+        else:
+            self._connect()  # if the hub is not listening yet, the monitor retries; the ring holds records
         self._monitor = threading.Thread(target=self._watch, name="ctrops-log-monitor", daemon=True)
         self._monitor.start()
         return self
 
     def _spawn(self) -> None:
+        """Start this log's own writer process, handing it the ring's descriptor."""
         assert self._ring is not None
         fd = self._ring.fd
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "ctrops.serve.log_writer", str(fd), str(os.getpid())],
+            [sys.executable, "-m", "ctrops.serve.log_writer", "--ring", str(fd), str(os.getpid())],
             stdin=subprocess.PIPE, pass_fds=(fd,), close_fds=True, env={**_WRITER_ENV, **os.environ})
         assert self._proc.stdin is not None
-        self._proc.stdin.write(json.dumps(asdict(self.config)).encode())
+        self._proc.stdin.write(json.dumps(asdict(self.config)).encode() + b"\n")
         self._proc.stdin.close()
+
+    def _connect(self) -> bool:
+        """Hand the ring to the server's writer (hub mode); False when it is not there (yet)."""
+        assert self._ring is not None and self.hub is not None
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect("\0" + self.hub)
+            socket.send_fds(sock, [str(os.getpid()).encode()], [self._ring.fd])
+        except OSError:
+            sock.close()
+            return False
+        self._sock = sock
+        return True
 
     def _watch(self) -> None:
         while not self._closed.wait(_MONITOR_SECONDS):
@@ -219,20 +252,53 @@ class ProcessPredictionLog:
                 if self._ring is not None:
                     self._ring.push(DEBUG, payload)  # a full ring skips it, as the thread writer's bound does
 
-    def _check_writer(self) -> None:
-        proc, ring = self._proc, self._ring
-        if proc is None or ring is None or proc.poll() is None:
-            return
-        if ring.slots[lr.WRITER_DONE]:
-            return  # it finished on a STOP (close) or after this worker's parent changed
-        s = ring.slots
+    def _writer_gone(self) -> bool:
+        """Whether the writer that held this ring has died (own process exited, or the hub's
+        connection closed) without finishing it."""
+        ring = self._ring
+        if ring is None or ring.slots[lr.WRITER_DONE]:
+            return False
+        if self.hub is None:
+            return self._proc is not None and self._proc.poll() is not None
+        if self._sock is None:
+            return False
+        try:
+            return self._sock.recv(1, socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+
+    def _count_lost(self) -> int:
+        """After a writer died: what it had taken and not written is lost (counted); what is still in
+        the ring stays for the next writer."""
+        s = self._ring.slots
         lost = int(s[lr.REQ_PULLED] - s[lr.REQ_SETTLED])
         self._lost += lost
         if self.metrics is not None and lost:
             self.metrics.log_dropped.inc(lost)
-        # records still in the ring are kept for the next writer; what the dead one had taken is gone
         s[lr.REQ_SETTLED] = s[lr.REQ_PULLED]
-        s[lr.REQ_QUEUED] = s[lr.REC_QUEUED] = 0
+        s[lr.REQ_QUEUED] = 0
+        s[lr.REC_QUEUED] = 0
+        return lost
+
+    def _check_writer(self) -> None:
+        if self._ring is None:
+            return
+        if self.hub is not None:
+            if self._writer_gone():
+                lost = self._count_lost()
+                self._sock.close()
+                self._sock = None
+                log.error("the prediction log writer went away; %d requests it had taken are lost; reconnecting",
+                          lost)
+            if self._sock is None:
+                self._connect()  # the server's supervisor restarts the hub
+            return
+        if not self._writer_gone():
+            return
+        proc = self._proc
+        lost = self._count_lost()
         now = time.monotonic()
         self._deaths.append(now)
         while self._deaths and now - self._deaths[0] > _RESTART_WINDOW:
@@ -250,32 +316,41 @@ class ProcessPredictionLog:
         self._spawn()
 
     def close(self, timeout: float = 30.0) -> None:
-        """Stop accepting, let the writer write everything in the ring and finalise its files, wait
-        for it (up to `timeout`). Safe to call twice."""
+        """Stop accepting, let the writer write everything in the ring, wait for it (up to
+        `timeout`). Its own writer also finalises its files; the server's hub finalises them when
+        the server stops (`LogHub.close`). Safe to call twice."""
         with self._lock:
             self._stop = True
         self._closed.set()
         if self._monitor is not None:
             self._monitor.join()
             self._monitor = None
-        ring, proc = self._ring, self._proc
+        ring = self._ring
         if ring is None:
             return
         self._build_debug()
-        self._check_writer()  # a writer that died just now: restart it to drain the ring
-        proc = self._proc
+        self._check_writer()  # a writer that died just now: restart it (or reconnect) to drain the ring
         ring.slots[lr.STOP] = 1
-        if proc is not None:
+        deadline = time.monotonic() + timeout
+        if self.hub is None and self._proc is not None:
             try:
-                proc.wait(timeout)
+                self._proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                log.error("the prediction log writer (pid %d) did not finish within %.0f s; it keeps writing "
-                          "the %d requests left after this worker exits", proc.pid, timeout, self.depth)
-        if proc is None or proc.returncode not in (0, None) or not ring.slots[lr.WRITER_DONE]:
-            if proc is not None and proc.returncode is not None:
-                unwritten = self._requests_in - int(ring.slots[lr.REQ_SETTLED])
-                log.error("the prediction log writer exited with status %s; %d requests unwritten",
-                          proc.returncode, unwritten)
+                pass
+        else:
+            while not ring.slots[lr.WRITER_DONE] and time.monotonic() < deadline:
+                if self._writer_gone() or self._sock is None:
+                    self._check_writer()
+                time.sleep(0.02)
+        if not ring.slots[lr.WRITER_DONE]:
+            alive = self._proc.poll() is None if self.hub is None and self._proc is not None else \
+                self._sock is not None and not self._writer_gone()
+            unwritten = self._requests_in - int(ring.slots[lr.REQ_SETTLED])
+            if alive:
+                log.error("the prediction log writer did not finish this worker's %d requests within %.0f s; it "
+                          "keeps writing them after this worker exits", unwritten, timeout)
+            else:
+                log.error("the prediction log writer is gone; %d requests unwritten", unwritten)
                 self._lost += max(0, unwritten)
                 if self.metrics is not None and unwritten > 0:
                     self.metrics.log_dropped.inc(unwritten)
@@ -285,4 +360,80 @@ class ProcessPredictionLog:
             int(s[lr.RECORDS_WRITTEN]), int(s[lr.WRITE_ERRORS]), int(s[lr.DROPPED]))
         with self._lock:
             self._ring = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
         ring.close()
+
+
+class LogHub:
+    """The server's one writer process for all its workers (`ctrops serve` with `log.writer: process`).
+
+    Started by the supervisor before the workers; each worker's
+    `ProcessPredictionLog(hub=name)` hands its ring over an abstract Unix socket.
+    A monitor thread restarts the writer if it dies (workers reconnect and count
+    what it had taken as dropped); `close()` after the workers have stopped lets
+    it finish every ring and finalise its files.
+    """
+
+    def __init__(self, config: LogConfig) -> None:
+        self.config = config
+        self.name = f"ctrops-log-{os.getpid()}-{secrets.token_hex(6)}"
+        self._proc: subprocess.Popen | None = None
+        self._closed = threading.Event()
+        self._monitor: threading.Thread | None = None
+        self._deaths: deque = deque()
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def start(self) -> "LogHub":
+        self._spawn()
+        self._monitor = threading.Thread(target=self._watch, name="ctrops-log-hub-monitor", daemon=True)
+        self._monitor.start()
+        return self
+
+    def _spawn(self) -> None:
+        self._proc = subprocess.Popen([sys.executable, "-m", "ctrops.serve.log_writer", "--hub", self.name],
+                                      stdin=subprocess.PIPE, close_fds=True, env={**_WRITER_ENV, **os.environ})
+        assert self._proc.stdin is not None
+        self._proc.stdin.write(json.dumps(asdict(self.config)).encode() + b"\n")
+        self._proc.stdin.flush()  # stays open: closing it tells the writer to finish
+
+    def _watch(self) -> None:
+        while not self._closed.wait(_MONITOR_SECONDS):
+            proc = self._proc
+            if proc is None or proc.poll() is None:
+                continue
+            now = time.monotonic()
+            self._deaths.append(now)
+            while self._deaths and now - self._deaths[0] > _RESTART_WINDOW:
+                self._deaths.popleft()
+            if len(self._deaths) > _MAX_RESTARTS:
+                log.error("the prediction log writer died %d times in %.0f s (last exit status %s); not "
+                          "restarting it: the server keeps serving and counts every request's records as dropped",
+                          len(self._deaths), _RESTART_WINDOW, proc.returncode)
+                return
+            log.error("the prediction log writer (pid %d) died with status %s; restarting it", proc.pid,
+                      proc.returncode)
+            self._spawn()
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Tell the writer to finish (after the workers closed their logs) and wait for it."""
+        self._closed.set()
+        if self._monitor is not None:
+            self._monitor.join()
+            self._monitor = None
+        proc = self._proc
+        if proc is None:
+            return
+        try:
+            if proc.stdin is not None:
+                proc.stdin.close()
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.error("the prediction log writer (pid %d) did not finish within %.0f s; it keeps writing after "
+                      "the server exits", proc.pid, timeout)
+        except OSError:
+            pass

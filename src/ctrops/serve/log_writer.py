@@ -1,21 +1,34 @@
-"""The prediction-log writer process: drains one worker's ring into the Arrow/Parquet/JSONL writer.
+"""The prediction-log writer process: drains workers' rings into the Arrow/Parquet/JSONL writer.
 
-Started by `ProcessPredictionLog` as `python -m ctrops.serve.log_writer <fd>` with the ring's
-file descriptor inherited and the log config as JSON on stdin (not on the
-command line: storage options may hold credentials). It runs the same
-`PredictionLog` as in-process users do: its main thread pulls records from the
-ring, decodes them (re-deriving ids and passthrough objects from raw bodies)
-into compact entries and queues them; `PredictionLog`'s own thread builds and
-writes the files. Everything runs at `WRITER_NICENESS`, below the server.
+Two ways to start it (both read the log config as JSON on the first line of
+stdin, not from the command line: storage options may hold credentials):
 
-It stops when the worker sets the ring's STOP slot or when the worker is gone
-(the parent pid changes): either way it first writes every record left in the
-ring. SIGTERM and SIGINT are ignored: a signal sent to the whole process group
-(Ctrl-C, a container stop) reaches the worker too, whose shutdown then sets STOP
-after its last request, so nothing served after the signal is lost.
+- `python -m ctrops.serve.log_writer --ring <fd> <parent pid>`: one ring, inherited
+  as a file descriptor, for one `ProcessPredictionLog` that started its own writer
+  (in-process users, tests). It stops when the ring's STOP slot is set or when
+  its parent is gone.
+- `python -m ctrops.serve.log_writer --hub <name>`: one writer for every worker of a
+  server, started by the server's supervisor (`LogHub`). Workers connect to the
+  abstract Unix socket `name` and hand over their ring's descriptor
+  (SCM_RIGHTS); a worker that sets STOP or whose connection closes is drained
+  and let go. It stops when its stdin closes (the supervisor's `close()`, or the
+  supervisor's death). One process for all workers pays Python's and Arrow's
+  memory floor (~60 MiB) once instead of per worker.
 
-Counters (records written, write errors, drops, what is queued) are published
-in the ring's header after every step; the worker reads them for /metrics.
+Either way it runs the same `PredictionLog` as in-process users do: the main
+thread pulls records from the rings, decodes them (re-deriving ids and
+passthrough objects from raw bodies) and queues them; `PredictionLog`'s own
+thread builds and writes the files, at `WRITER_NICENESS`. SIGTERM and SIGINT
+are ignored: a signal to the whole process group reaches the workers too,
+whose shutdown stops their rings after their last request, so nothing served
+before the signal is lost.
+
+Each ring's header gets that worker's own counters (requests taken and settled,
+records written, drops, errors) after every step. The columnar writer settles
+requests in the order they were queued (a batch is built, written or dropped
+as a whole, in order), so a FIFO of (ring, records) attributes each settled
+request to its worker exactly; drops and write errors go to the requests
+settled in the same step.
 """
 
 from __future__ import annotations
@@ -23,8 +36,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import signal
+import socket
 import sys
+import threading
 import time
 from collections import deque
 from typing import Any
@@ -37,113 +53,246 @@ from ctrops.serve.logging_sink import WRITER_NICENESS, LogConfig, PredictionLog
 
 log = logging.getLogger("ctrops.serve.log_writer")
 
-_PULL = 256          # records per pull
-_IDLE_SECONDS = 0.01  # poll interval while the ring is empty (a poll costs microseconds)
+_PULL = 256           # records per pull
+_IDLE_SECONDS = 0.01  # poll interval while the rings are empty (a poll costs microseconds)
 
 
-class Pump:
-    """Moves records from the ring into a `PredictionLog`, publishing its counters in the ring."""
+class RingPump:
+    """One worker's ring: pulls its records, holds what the sink's queue cannot take yet, and keeps
+    the worker's counters."""
 
-    def __init__(self, ring: lr.Ring, sink: PredictionLog) -> None:
+    def __init__(self, ring: lr.Ring, conn: socket.socket | None = None) -> None:
         self.ring = ring
-        self.sink = sink
+        self.conn = conn
         s = ring.slots
-        # a restarted writer continues the counters of the one before it
-        self._base_written, self._base_errors, self._base_dropped = (
+        # a restarted writer continues the counters of the one before it (the worker reset the rest)
+        self.base_written, self.base_errors, self.base_dropped = (
             int(s[lr.RECORDS_WRITTEN]), int(s[lr.WRITE_ERRORS]), int(s[lr.DROPPED]))
         self.req_pulled, self.rec_pulled = int(s[lr.REQ_PULLED]), int(s[lr.REC_PULLED])
-        self.bad_records = 0
-        self._carry: deque = deque()  # decoded, waiting for room in the sink's queue
+        self.req_settled, self.rec_settled = int(s[lr.REQ_SETTLED]), self.rec_pulled - int(s[lr.REC_QUEUED])
+        self.written = self.dropped = self.errors = 0
+        self.carry: deque = deque()  # decoded, waiting for room in the sink's queue
+        self.stopping = False
+        self.flush_asked = False
+        s[lr.WRITER_DONE] = 0
+        s[lr.WRITER_PID] = os.getpid()
 
-    def _queue_carried(self) -> bool:
-        """Queue what the last pull left over; False while the sink's queue is full (the ring then
-        fills, and the worker counts its drops: back-pressure instead of a second place to drop)."""
-        carry, sink = self._carry, self.sink
-        while carry:
-            entry = carry[0]
-            if not sink.has_room(len(entry.order)) and sink.depth:
-                return False
-            sink.submit_compacted(entry)  # into an empty queue only if larger than queue_records: counted
-            carry.popleft()
-        return True
+    @property
+    def drained(self) -> bool:
+        return self.ring.used == 0 and not self.carry and self.req_settled == self.req_pulled
+
+    def publish(self) -> None:
+        s = self.ring.slots
+        s[lr.RECORDS_WRITTEN] = self.base_written + self.written
+        s[lr.WRITE_ERRORS] = self.base_errors + self.errors
+        s[lr.DROPPED] = self.base_dropped + self.dropped
+        s[lr.REQ_SETTLED] = self.req_settled
+        s[lr.REQ_QUEUED] = self.req_pulled - self.req_settled
+        s[lr.REC_QUEUED] = self.rec_pulled - self.rec_settled
+
+    def connection_closed(self) -> bool:
+        """Whether the worker's connection (hub mode) is gone: the worker exited or crashed."""
+        if self.conn is None:
+            return False
+        try:
+            return self.conn.recv(1, socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+
+
+class Writer:
+    """Pumps any number of rings into one `PredictionLog`."""
+
+    def __init__(self, config: LogConfig) -> None:
+        self.sink = PredictionLog(config)
+        self.pumps: list[RingPump] = []
+        self._fifo: deque = deque()  # (pump, records) per request queued into the sink, in order
+        self._queued = 0             # requests queued into the sink so far
+        self._settled = 0            # of those, settled (written or dropped) so far
+        self._seen_dropped = self._seen_errors = 0
+
+    def start(self) -> None:
+        self.sink.start()  # its thread inherits this thread's niceness
 
     def step(self) -> int:
-        """Pull one batch of records and queue them (what does not fit waits in `_carry`); the
-        number pulled."""
-        if not self._queue_carried():
-            return 0
-        records = self.ring.pull(_PULL)
-        if not records:
-            return 0
-        n_req = n_rec = 0
+        """Pull one batch from every ring; the number of records pulled."""
+        moved = 0
+        for pump in self.pumps:
+            if self._queue_carried(pump):
+                moved += self._pull(pump)
+        return moved
+
+    def _queue_carried(self, pump: RingPump) -> bool:
+        """Queue what the ring's last pull left over; False while the sink's queue is full (the ring
+        then fills and its worker counts the drops: back-pressure, not a second place to drop)."""
+        sink = self.sink
+        while pump.carry:
+            entry = pump.carry[0]
+            n = len(entry.order)
+            if not sink.has_room(n) and sink.depth:
+                return False
+            sink.submit_compacted(entry)  # into an empty queue only if larger than queue_records: counted
+            self._fifo.append((pump, n))
+            self._queued += 1
+            pump.carry.popleft()
+        return True
+
+    def _pull(self, pump: RingPump) -> int:
+        records = pump.ring.pull(_PULL)
         for kind, payload, split in records:
             if kind == DEBUG:
                 try:
                     self.sink.submit_debug(json.loads(payload))
                 except ValueError:
-                    log.exception("a debug record from the worker is not JSON")
+                    log.exception("a debug record from a worker is not JSON")
                 continue
-            n_req += 1
+            pump.req_pulled += 1
             try:
                 entry = decode_entry(kind, payload, split)
             except (ValueError, TypeError, msgspec.DecodeError) as exc:
                 log.error("a logged request cannot be read (%s): dropped", exc)
-                self.bad_records += 1
+                pump.req_settled += 1
+                pump.dropped += 1
+                pump.errors += 1
                 continue
-            n_rec += len(entry.order)
-            self._carry.append(entry)
-        self.req_pulled += n_req
-        self.rec_pulled += n_rec
-        s = self.ring.slots
-        s[lr.REQ_PULLED] = self.req_pulled
-        s[lr.REC_PULLED] = self.rec_pulled
-        self._queue_carried()
+            pump.rec_pulled += len(entry.order)
+            pump.carry.append(entry)
+        s = pump.ring.slots
+        s[lr.REQ_PULLED] = pump.req_pulled
+        s[lr.REC_PULLED] = pump.rec_pulled
+        if records:
+            self._queue_carried(pump)
         return len(records)
 
-    @property
-    def carrying(self) -> bool:
-        return bool(self._carry)
-
     def publish(self) -> None:
-        s, sink = self.ring.slots, self.sink
-        carried = len(self._carry)
-        depth, queued = sink.depth + carried, sink.queued_records + sum(len(e.order) for e in self._carry)
-        s[lr.RECORDS_WRITTEN] = self._base_written + sink.records_written
-        s[lr.WRITE_ERRORS] = self._base_errors + sink.write_errors + self.bad_records
-        s[lr.DROPPED] = self._base_dropped + sink.dropped + self.bad_records
-        s[lr.REQ_QUEUED] = depth
-        s[lr.REC_QUEUED] = queued
-        s[lr.REQ_SETTLED] = self.req_pulled - depth - sink.unsettled_requests
+        """Attribute what the sink settled since the last call to the rings' workers, in queue order."""
+        sink = self._sink_counts()
+        settled_now = self._queued - sink[0] - sink[1]  # depth read before unsettled: never over-counts
+        new_drops = sink[2] - self._seen_dropped
+        new_errors = sink[3] - self._seen_errors
+        self._seen_dropped, self._seen_errors = sink[2], sink[3]
+        last = None
+        while self._settled < settled_now and self._fifo:
+            pump, n = self._fifo.popleft()
+            self._settled += 1
+            pump.req_settled += 1
+            pump.rec_settled += n
+            if new_drops > 0:
+                pump.dropped += 1
+                new_drops -= 1
+            else:
+                pump.written += n
+            last = pump
+        if new_errors and (last or self.pumps):
+            (last or self.pumps[0]).errors += new_errors
+        for pump in self.pumps:
+            pump.publish()
 
+    def _sink_counts(self) -> tuple[int, int, int, int]:
+        s = self.sink
+        depth = s.depth
+        return depth, s.unsettled_requests, s.dropped, s.write_errors
 
-def run(fd: int, config: LogConfig, parent: int) -> int:
-    """The writer loop; returns the exit status."""
-    ring = lr.Ring.attach(fd)
-    ring.slots[lr.WRITER_PID] = os.getpid()
-    sink = PredictionLog(config)
-    pump = Pump(ring, sink)
-    sink.start()  # its thread inherits this thread's niceness
-    stopping = False
-    while True:
-        stopping = stopping or bool(ring.slots[lr.STOP]) or os.getppid() != parent
-        moved = pump.step()
+    def finish(self, pump: RingPump) -> bool:
+        """For a stopping ring: once everything it sent is settled, mark it done (the worker's
+        close() waits for that); True then. Asks the sink to write its queue now, once."""
+        if not pump.drained:
+            if pump.ring.used == 0 and not pump.carry and not pump.flush_asked:
+                self.sink.flush()
+                pump.flush_asked = True
+            return False
         pump.publish()
-        if stopping and ring.used == 0 and not pump.carrying:
+        pump.ring.slots[lr.WRITER_DONE] = 1
+        return True
+
+    def close(self, timeout: float) -> None:
+        self.sink.close(timeout=timeout)
+        self.publish()
+
+
+def run_single(fd: int, config: LogConfig, parent: int) -> int:
+    """One ring (`ProcessPredictionLog` started this writer itself); returns the exit status."""
+    ring = lr.Ring.attach(fd)
+    os.close(fd)  # the mapping keeps the memory
+    writer = Writer(config)
+    pump = RingPump(ring)
+    writer.pumps.append(pump)
+    writer.start()
+    while True:
+        if ring.slots[lr.STOP] or os.getppid() != parent:
+            pump.stopping = True
+        moved = writer.step()
+        writer.publish()
+        if pump.stopping and pump.drained:
             break
+        if pump.stopping:
+            writer.finish(pump)
         if not moved:
             time.sleep(_IDLE_SECONDS)
-    sink.close(timeout=max(config.flush_seconds * 4, 60.0))
-    pump.publish()
+    writer.close(timeout=max(config.flush_seconds * 4, 60.0))
     ring.slots[lr.WRITER_DONE] = 1
     ring.close()
     return 0
 
 
+def run_hub(name: str, config: LogConfig, stop: threading.Event) -> int:
+    """Every worker that connects to the abstract socket `name`, until `stop` (stdin closed)."""
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind("\0" + name)
+    server.listen(64)
+    arrivals: queue.SimpleQueue = queue.SimpleQueue()
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+                _, fds, _, _ = socket.recv_fds(conn, 64, 1)
+                if not fds:
+                    conn.close()
+                    continue
+                ring = lr.Ring.attach(fds[0])
+                os.close(fds[0])
+                arrivals.put(RingPump(ring, conn))
+            except OSError:
+                if stop.is_set():
+                    return
+                log.exception("accepting a worker's ring failed")
+            except ValueError as exc:
+                log.error("a worker sent something that is not a log ring: %s", exc)
+
+    threading.Thread(target=accept, name="ctrops-log-accept", daemon=True).start()
+    writer = Writer(config)
+    writer.start()
+    while True:
+        while not arrivals.empty():
+            writer.pumps.append(arrivals.get())
+        stopping = stop.is_set()
+        for pump in writer.pumps:
+            if stopping or pump.ring.slots[lr.STOP] or pump.connection_closed():
+                pump.stopping = True
+        moved = writer.step()
+        writer.publish()
+        for pump in [p for p in writer.pumps if p.stopping and writer.finish(p)]:
+            writer.pumps.remove(pump)
+            if pump.conn is not None:
+                pump.conn.close()
+            pump.ring.close()
+        if stopping and not writer.pumps:
+            break
+        if not moved:
+            time.sleep(_IDLE_SECONDS)
+    server.close()
+    writer.close(timeout=max(config.flush_seconds * 4, 60.0))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 2:
-        print("usage: python -m ctrops.serve.log_writer <ring fd> <parent pid>  (LogConfig JSON on stdin)",
-              file=sys.stderr)
+    if not (len(argv) == 3 and argv[0] == "--ring") and not (len(argv) == 2 and argv[0] == "--hub"):
+        print("usage: python -m ctrops.serve.log_writer --ring <fd> <parent pid> | --hub <socket name>\n"
+              "(the LogConfig as JSON on the first line of stdin)", file=sys.stderr)
         return 2
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_IGN)
@@ -153,8 +302,18 @@ def main(argv: list[str] | None = None) -> int:
         pass
     logging.basicConfig(level=os.environ.get("CTROPS_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
-    raw: dict[str, Any] = json.loads(sys.stdin.read())
-    return run(int(argv[0]), LogConfig(**raw), int(argv[1]))
+    raw: dict[str, Any] = json.loads(sys.stdin.readline())
+    config = LogConfig(**raw)
+    if argv[0] == "--ring":
+        return run_single(int(argv[1]), config, int(argv[2]))
+    stop = threading.Event()
+
+    def wait_for_eof() -> None:
+        sys.stdin.read()  # returns when the supervisor closes the pipe or exits
+        stop.set()
+
+    threading.Thread(target=wait_for_eof, name="ctrops-log-stdin", daemon=True).start()
+    return run_hub(argv[1], config, stop)
 
 
 if __name__ == "__main__":

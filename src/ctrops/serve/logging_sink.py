@@ -151,6 +151,7 @@ class PredictionLog:
         self._debug: deque = deque()
         self._wake = threading.Event()
         self._stop = False
+        self._flush = False
         self._thread: threading.Thread | None = None
         self.dropped = 0
         self.records_written = 0
@@ -266,6 +267,12 @@ class PredictionLog:
         self._thread.start()
         return self
 
+    def flush(self) -> None:
+        """Have the writer thread write everything queued now (into the open file; files are still
+        finalised on rotation or close). For a writer process whose worker is shutting down."""
+        self._flush = True
+        self._wake.set()
+
     def close(self, timeout: float = 30.0) -> None:
         """Stop accepting, write everything queued, finalise files. Safe to call twice."""
         self._stop = True
@@ -290,8 +297,9 @@ class PredictionLog:
             self._wake.wait(self.config.flush_seconds)
             self._wake.clear()
             stopping = self._stop
+            force, self._flush = self._flush, False
             try:
-                self._drain()
+                self._drain(force=force)
                 if self._file is not None and time.monotonic() - self._file_opened >= self.config.rotate_seconds:
                     self._close_files()
             except Exception:  # keep the writer alive whatever storage does
