@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import struct
 import sys
 import threading
@@ -296,3 +297,49 @@ def test_local_storage_is_linked_into_the_cache_not_copied(tmp_path):
     cached = next((tmp_path / "cache" / NAME / "1").rglob("*.ctm"))
     stored = tmp_path / "store" / "models" / NAME / "1" / "model.ctm"
     assert cached.stat().st_ino == stored.stat().st_ino
+
+
+def _pages_mapped(address: int, length: int) -> np.ndarray:
+    """Whether each page of [address, address + length) has a page-table entry (/proc/self/pagemap, bit 63)."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    with open("/proc/self/pagemap", "rb") as fh:
+        fh.seek(address // page * 8)
+        entries = np.frombuffer(fh.read((length + page - 1) // page * 8), dtype="<u8")
+    return (entries >> np.uint64(63)).astype(bool)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="madvise(MADV_POPULATE_READ) is Linux-only")
+def test_populate_gently_maps_every_page_of_the_model(tmp_path, monkeypatch):
+    """The new model's pages are mapped before the swap, slice by slice, so requests take no page faults."""
+    import mmap
+    from types import SimpleNamespace
+
+    from ctrops.serve import loader
+
+    path = tmp_path / "weights.bin"
+    size = 3 * (1 << 20) + 4096 * 5                      # not a whole number of slices
+    path.write_bytes(np.random.default_rng(0).bytes(size))
+    calls = []
+    real = loader._madvise
+
+    def recording(address: int, length: int, advice: int) -> bool:
+        calls.append((address, length, advice))
+        return real(address, length, advice)
+
+    monkeypatch.setattr(loader, "_madvise", recording)
+    with open(path, "rb") as fh:
+        buf = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        address = np.frombuffer(buf, dtype=np.uint8).ctypes.data
+        predictor = SimpleNamespace(_model=SimpleNamespace(_buffer=buf))
+        assert loader.populate_gently(predictor, chunk_bytes=1 << 20, duty=0.9)
+        # slices of at most a chunk that tile the mapping exactly, each a populate call that succeeded
+        assert [c[2] for c in calls] == [loader.MADV_POPULATE_READ] * 4
+        assert all(length <= 1 << 20 for _, length, _ in calls)
+        starts = [a for a, _, _ in calls]
+        assert starts[0] == address and all(a + n == b for (a, n, _), b in zip(calls, starts[1:]))
+        assert calls[-1][0] + calls[-1][1] == address + size
+        assert _pages_mapped(address, size).all()
+        assert not loader.populate_gently(SimpleNamespace(_model=SimpleNamespace(_buffer=b"bytes, not a mapping")))
+    finally:
+        buf.close()

@@ -132,7 +132,7 @@ class ModelStore:
         except (CtropsError, ValueError, KeyError) as exc:
             model.close()
             raise VersionRefused(version, "format", f"cannot build the predictor: {exc}") from exc
-        advise_at_low_priority(predictor, MADV_POPULATE_READ)
+        populate_gently(predictor)
         try:
             self._check_canary(predictor, entry, version)
         except BaseException:
@@ -456,54 +456,68 @@ def _validate_locked(storage: str, entry: dict, local_dir: str, max_bytes: int |
 
 MADV_DONTNEED = 4         # Linux: drop this mapping's page-table entries (file pages stay cached)
 MADV_POPULATE_READ = 22   # Linux >= 5.14: map every page now (reads them into the page cache if needed)
+POPULATE_CHUNK_BYTES = 16 << 20
+
+
+def _mapping(predictor: Any) -> np.ndarray | None:
+    """The predictor's model mapping as a byte array, or None where madvise cannot apply."""
+    buf = getattr(getattr(predictor, "_model", None), "_buffer", None)
+    if sys.platform != "linux" or buf is None or isinstance(buf, bytes):
+        return None
+    try:
+        view = np.frombuffer(buf, dtype=np.uint8)
+    except (ValueError, TypeError):  # closed map
+        return None
+    return view if view.size else None
+
+
+def _madvise(address: int, length: int, advice: int) -> bool:
+    import ctypes
+
+    libc = _libc()
+    if libc is None:
+        return False
+    return libc.madvise(ctypes.c_void_p(address), ctypes.c_size_t(length), ctypes.c_int(advice)) == 0
 
 
 def advise(predictor: Any, advice: int) -> bool:
     """madvise() over a predictor's model mapping, through ctypes so the GIL is released meanwhile.
 
-    POPULATE_READ before a swap moves the new file's page faults (a few
-    thousand per request at first, one per feature row touched) off the
-    request path; DONTNEED on a retired model tears its page tables down here
-    instead of in whichever thread drops the last reference. Both are safe
-    while a request still scores with the mapping: file pages fault back in.
-    False when the platform or the object does not allow it (nothing to do).
+    DONTNEED on a retired model tears its page tables down here instead of in
+    whichever thread drops the last reference; it is safe while a request
+    still scores with the mapping (file pages fault back in). False when the
+    platform or the object does not allow it (nothing to do).
     """
-    buf = getattr(getattr(predictor, "_model", None), "_buffer", None)
-    if sys.platform != "linux" or buf is None or isinstance(buf, bytes):
-        return False
-    try:
-        import ctypes
-        view = np.frombuffer(buf, dtype=np.uint8)
-    except (ValueError, TypeError):  # closed map
-        return False
-    libc = _libc()
-    if libc is None or view.size == 0:
-        return False
-    rc = libc.madvise(ctypes.c_void_p(view.ctypes.data), ctypes.c_size_t(view.size), ctypes.c_int(advice))
-    return rc == 0
+    view = _mapping(predictor)
+    return view is not None and _madvise(view.ctypes.data, view.size, advice)
 
 
-def advise_at_low_priority(predictor: Any, advice: int) -> bool:
-    """`advise` from a short-lived thread at the lowest CPU priority.
+def populate_gently(predictor: Any, chunk_bytes: int = POPULATE_CHUNK_BYTES, duty: float = 0.5) -> bool:
+    """Map a new model's pages before the swap, in slices, resting between them.
 
-    Populating a 650 MB mapping is ~0.3 s of kernel work per worker; done at
-    niceness 19 it takes CPU the request threads leave idle. The thread holds
-    the GIL only for the few Python lines around the call (ctypes releases it
-    during madvise), so its low priority cannot hold a request thread up.
+    Without it the first requests after a swap take the new file's page faults
+    (a few thousand per request at first, one per feature row touched). The
+    work is ~0.3 s of kernel time per worker for a 650 MB file. It runs in the
+    calling (loader) thread at normal priority: a thread at low priority would
+    hold the GIL for the few Python lines between calls, and on a busy machine
+    the scheduler can leave it off the CPU right then, stalling every request
+    thread behind it (34.7 ms measured with two busy processes on two cores).
+    Instead each slice's madvise runs without the GIL, and sleeping as long as
+    the slice took caps its CPU use at `duty` of one core.
     """
-    result = [False]
-
-    def run() -> None:
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), VALIDATOR_NICENESS)
-        except (AttributeError, OSError):
-            pass
-        result[0] = advise(predictor, advice)
-
-    t = threading.Thread(target=run, name="ctrops-advise", daemon=True)
-    t.start()
-    t.join()
-    return result[0]
+    view = _mapping(predictor)
+    if view is None:
+        return False
+    base, size = view.ctypes.data, view.size
+    page = os.sysconf("SC_PAGE_SIZE")
+    chunk = max(page, chunk_bytes - chunk_bytes % page)
+    for offset in range(0, size, chunk):
+        started = time.perf_counter()
+        if not _madvise(base + offset, min(chunk, size - offset), MADV_POPULATE_READ):
+            return False
+        if duty < 1.0:
+            time.sleep((time.perf_counter() - started) * (1.0 - duty) / duty)
+    return True
 
 
 _libc_handle: Any = None
