@@ -136,8 +136,8 @@ class ProcessPredictionLog:
     # ---- counters -----------------------------------------------------------------------------
     @property
     def depth(self) -> int:
-        """Requests not yet taken by the writer's file writer (in the ring or its queue); syncs the
-        metrics, so /metrics shows the writer's latest counters."""
+        """Requests handed over and not yet written or counted (in the ring, the writer's queue or its
+        pending columns); syncs the metrics, so /metrics shows the writer's latest counters."""
         self.sync()
         if self._ring is None:
             return 0
