@@ -36,6 +36,7 @@ NATIVE_MODULES = {
     "ctrops.models._ffm": "src/ctrops/models/_ffm.pyx",
     "ctrops.models._predict": "src/ctrops/models/_predict.pyx",
     "ctrops.data._parse": "src/ctrops/data/_parse.pyx",
+    "ctrops.serve._fastpath": "src/ctrops/serve/_fastpath.pyx",
 }
 # a module is built once its source exists, so the tree builds at every step
 # CTROPS_BUILD_ONLY=ctrops.models._ffm limits a developer's rebuild to one module

@@ -6,7 +6,9 @@ less disturbed by other processes on a shared machine):
           vs the baseline's vectorised hashing + searchsorted + NumPy scorer (benchmarks/baselines/fastapi_server.py)
   request the whole server-side path without the socket: JSON parse, validation,
           arm assignment, scoring, ranking, tracking ids, response JSON, log hand-off
-          vs the baseline's pydantic parse + NumPy scoring + pydantic response
+          vs the baseline's pydantic parse + NumPy scoring + pydantic response;
+          each with the native fast path (the default) and with the general
+          (msgspec) path alone, measured in the same run
 
     .venv/bin/python benchmarks/bench_serve_inprocess.py [--quick]
 """
@@ -81,9 +83,23 @@ def main() -> None:
         service = PredictionService(cfg, loader, metrics, plog)
         status, _ = service.handle(bodies[0])
         assert status == 200
-        results["request_ctrops"] = timed(lambda i: service.handle(bodies[i % m]), n, repeats)
         unlogged = PredictionService(cfg, loader, metrics, None)
-        results["request_ctrops_without_log"] = timed(lambda i: unlogged.handle(bodies[i % m]), n, repeats)
+        general, general_unlogged = (PredictionService(cfg, loader, metrics, plog),
+                                     PredictionService(cfg, loader, metrics, None))
+        general.fast = general_unlogged.fast = None
+        for svc in (service, unlogged):  # the workload's bodies must all take the fast path
+            assert svc.fast is not None and all(svc._predict_fast(b) is not None for b in bodies), \
+                "the fast path refused a workload body"
+        # interleaved, so both paths see the same machine load
+        for _ in range(2):
+            for name, svc in (("request_ctrops", service), ("request_ctrops_general", general),
+                              ("request_ctrops_without_log", unlogged),
+                              ("request_ctrops_without_log_general", general_unlogged)):
+                results.setdefault(name, []).append(timed(lambda i: svc.handle(bodies[i % m]), n, repeats))
+        for name in ("request_ctrops", "request_ctrops_general", "request_ctrops_without_log",
+                     "request_ctrops_without_log_general"):
+            runs = results[name]
+            results[name] = (statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs))
         plog.close()
         results["log_records_written"] = plog.records_written
 
@@ -108,6 +124,12 @@ def main() -> None:
     nw, nc = results["request_ctrops_without_log"]
     print(f"request path without the prediction log: {nw:.1f} µs wall {nc:.1f} µs cpu (the log writer thread "
           f"shares the GIL and caches with the request thread)")
+    for label, fast, general in (("with the log", "request_ctrops", "request_ctrops_general"),
+                                 ("without the log", "request_ctrops_without_log",
+                                  "request_ctrops_without_log_general")):
+        (fw, fc), (gw, gc) = results[fast], results[general]
+        print(f"native fast path vs general path, {label}: {fw:.1f} vs {gw:.1f} µs wall ({gw / fw:.2f}x), "
+              f"{fc:.1f} vs {gc:.1f} µs cpu ({gc / fc:.2f}x)")
     print(json.dumps({k: (list(v) if isinstance(v, tuple) else v) for k, v in results.items()}))
 
 

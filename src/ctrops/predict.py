@@ -119,6 +119,17 @@ class Predictor:
             out["contributions"] = plain
         return out
 
+    # ---- the server's native fast path ----------------------------------------------------------
+    @property
+    def request_encoder(self) -> Any:
+        """The native request encoder `score` uses (`ctrops.data._parse.RequestEncoder`)."""
+        return self.encoder.request_encoder()
+
+    @property
+    def candidate_model(self) -> Any:
+        """The weights as the native candidate kernel takes them (`ctrops.models._ffm.CandidateModel`)."""
+        return self._candidate_model
+
     # ---- description --------------------------------------------------------------------------
     @property
     def model_type(self) -> str:

@@ -63,8 +63,6 @@ cdef enum:
     # by when the table slots prefetched at hashing time have arrived
     REQUEST_LAG = 4
     NUMBUF = 64
-    NAME_CACHE_BITS = 8
-    NAME_CACHE = 256
 
 
 # ---------------------------------------------------------------------------
@@ -140,6 +138,45 @@ cdef inline bint parse_number(const unsigned char* s, Py_ssize_t n, double* out)
     buf[n] = 0
     out[0] = strtod(buf, &end)
     return end == buf + n and isfinite(out[0])
+
+
+cdef inline bint parse_decimal(const unsigned char* s, Py_ssize_t n, double* out) noexcept nogil:
+    """A token in the JSON number grammar (-?int(.digits)?([eE][+-]?digits)?, no leading zeros), which
+    Python's float() reads as strtod does (both round correctly); False for anything else."""
+    cdef Py_ssize_t i = 0, d0
+    cdef char buf[NUMBUF]
+    cdef char* end
+    if n <= 0 or n >= NUMBUF:
+        return False
+    if s[i] == 45:
+        i += 1
+    d0 = i
+    while i < n and 48 <= s[i] <= 57:
+        i += 1
+    if i == d0 or (s[d0] == 48 and i - d0 > 1):
+        return False
+    if i < n and s[i] == 46:
+        i += 1
+        d0 = i
+        while i < n and 48 <= s[i] <= 57:
+            i += 1
+        if i == d0:
+            return False
+    if i < n and (s[i] == 101 or s[i] == 69):
+        i += 1
+        if i < n and (s[i] == 43 or s[i] == 45):
+            i += 1
+        d0 = i
+        while i < n and 48 <= s[i] <= 57:
+            i += 1
+        if i == d0:
+            return False
+    if i != n:
+        return False
+    memcpy(buf, s, n)
+    buf[n] = 0
+    out[0] = strtod(buf, &end)
+    return end == buf + n
 
 
 cdef inline bint parse_label(const unsigned char* s, Py_ssize_t n, float* out) noexcept nogil:
@@ -803,12 +840,6 @@ cdef extern from *:
     void* ctr_table_alloc(size_t nbytes) noexcept nogil
 
 
-cdef struct VocabSlot:
-    uint64_t key
-    int32_t value
-    int32_t unused
-
-
 cdef inline int32_t slot_find(const VocabSlot* t, uint64_t mask, uint64_t k) noexcept nogil:
     cdef uint64_t s = k & mask
     while t[s].key != 0:
@@ -818,7 +849,6 @@ cdef inline int32_t slot_find(const VocabSlot* t, uint64_t mask, uint64_t k) noe
     return -1
 
 
-@cython.final
 cdef class SlotTable:
     """The vocabulary table with each key beside its value, for the request path.
 
@@ -829,9 +859,6 @@ cdef class SlotTable:
     order) on huge pages: one miss per look-up, and few TLB misses. It costs 16
     bytes per slot of private memory (32 MiB for a 1e6-value vocabulary).
     """
-    cdef VocabSlot* slots
-    cdef readonly Py_ssize_t capacity
-
     def __cinit__(self, const uint64_t[::1] keys, const int32_t[::1] values):
         cdef Py_ssize_t cap = keys.shape[0], i
         if values.shape[0] != cap:
@@ -856,7 +883,6 @@ cdef class SlotTable:
         return self.capacity * sizeof(VocabSlot)
 
 
-@cython.final
 cdef class RequestEncoder:
     """Encodes one context dict and N candidate dicts of raw values.
 
@@ -869,57 +895,6 @@ cdef class RequestEncoder:
     `encode` returns the entries as arrays; `score` hands them straight to the
     scoring kernel (one native call per request, no arrays in between).
     """
-    cdef dict field_of
-    cdef int n_fields
-    cdef int32_t[::1] kinds
-    cdef uint64_t[::1] raw_keys
-    cdef Py_ssize_t cap
-    cdef uint64_t seed, hash_space
-    cdef object missing
-    cdef bint has_missing
-    cdef list names
-    cdef SlotTable table
-    # scratch: keys/values as encoded, then the output entries
-    cdef int32_t* ctx_idx
-    cdef uint64_t* ctx_key
-    cdef float* ctx_val
-    cdef uint8_t* ctx_set
-    cdef uint8_t* in_cands
-    cdef uint64_t* ent_k
-    cdef int32_t* ent_f
-    cdef int32_t* ent_i
-    cdef float* ent_v
-    cdef Py_ssize_t ent_cap
-    cdef int32_t* oc_f
-    cdef int32_t* oc_i
-    cdef float* oc_v
-    cdef Py_ssize_t n_ctx_out
-    cdef int64_t* own_off
-    cdef int64_t* o_p
-    cdef Py_ssize_t cand_cap
-    cdef int32_t* o_f
-    cdef int32_t* o_i
-    cdef float* o_v
-    cdef Py_ssize_t out_cap
-    cdef Py_ssize_t n_c
-    # raw views of the arrays above (kept alive by the memoryviews / the table)
-    cdef const int32_t* kinds_p
-    cdef const VocabSlot* slots
-    cdef uint64_t mask
-    cdef uint64_t* states
-    # name -> field cache by object identity: dict keys are usually the same
-    # str objects request after request, and comparing a pointer is cheaper
-    # than hashing; the cached objects are referenced so addresses stay unique
-    cdef PyObject* name_ptr[NAME_CACHE]
-    cdef int name_field[NAME_CACHE]
-    cdef list name_refs
-    # scratch buffers are per object: a call that re-enters (another thread
-    # running while this one is in Python code, e.g. str() of an odd value)
-    # works on a private copy instead (sharing the table)
-    cdef bint busy
-    cdef tuple init_args
-    cdef RequestEncoder spare
-
     def __cinit__(self, list names, kinds, raw_keys, table_keys, table_values,
                   unsigned long long seed, unsigned long long hash_space, missing_values=(),
                   SlotTable table=None):
@@ -951,6 +926,8 @@ cdef class RequestEncoder:
             self.name_field[f] = -1
         self.missing = frozenset(str(m) for m in missing_values)
         self.has_missing = len(self.missing) > 0
+        self.missing_utf8 = tuple(m.encode("utf-8", "surrogatepass") for m in self.missing)
+        self._build_name_table()
         nf = max(1, self.n_fields)
         self.ctx_idx = <int32_t*>malloc(nf * sizeof(int32_t))
         self.ctx_key = <uint64_t*>malloc(nf * sizeof(uint64_t))
@@ -975,6 +952,9 @@ cdef class RequestEncoder:
         self._reserve_out(4096)
 
     def __dealloc__(self):
+        free(self.name_bytes)
+        free(self.name_off)
+        free(self.name_slot)
         free(self.ctx_key)
         free(self.states)
         free(self.ctx_idx)
@@ -993,6 +973,51 @@ cdef class RequestEncoder:
         free(self.o_f)
         free(self.o_i)
         free(self.o_v)
+
+    cdef int _build_name_table(self) except -1:
+        """The field names' UTF-8 bytes in an open-addressing table (`field_of_utf8`)."""
+        cdef Py_ssize_t f, total = 0, size = 4
+        cdef uint64_t s
+        cdef bytes b
+        utf8 = [str(name).encode("utf-8", "surrogatepass") for name in self.names]
+        for b in utf8:
+            total += len(b)
+        while size < 2 * self.n_fields:
+            size *= 2
+        self.name_bytes = <char*>malloc(max(total, 1))
+        self.name_off = <int64_t*>malloc((self.n_fields + 1) * sizeof(int64_t))
+        self.name_slot = <int32_t*>malloc(size * sizeof(int32_t))
+        if self.name_bytes == NULL or self.name_off == NULL or self.name_slot == NULL:
+            raise MemoryError()
+        self.name_mask = <uint64_t>(size - 1)
+        for f in range(size):
+            self.name_slot[f] = -1
+        self.name_off[0] = 0
+        for f in range(self.n_fields):
+            b = utf8[f]
+            memcpy(self.name_bytes + self.name_off[f], <const char*>b, len(b))
+            self.name_off[f + 1] = self.name_off[f] + len(b)
+        for f in range(self.n_fields - 1, -1, -1):  # last first: a repeated name maps as in `field_of`
+            b = utf8[f]
+            if self.field_of_utf8(<const char*>b, len(b)) >= 0:
+                continue
+            s = key_bytes(0, <const char*>b, len(b), 0) & self.name_mask
+            while self.name_slot[s] >= 0:
+                s = (s + 1) & self.name_mask
+            self.name_slot[s] = <int32_t>f
+        return 0
+
+    cdef int field_of_utf8(self, const char* s, Py_ssize_t n) noexcept nogil:
+        """Field number of a name given as UTF-8 bytes, -1 if it is not a field (as `_field_of`)."""
+        cdef uint64_t slot = key_bytes(0, s, n, 0) & self.name_mask
+        cdef int32_t f
+        while True:
+            f = self.name_slot[slot]
+            if f < 0:
+                return -1
+            if self.name_off[f + 1] - self.name_off[f] == n and memcmp(self.name_bytes + self.name_off[f], s, n) == 0:
+                return f
+            slot = (slot + 1) & self.name_mask
 
     cdef void _reserve(self, Py_ssize_t need) except *:
         """Room for `need` encoded candidate entries."""
@@ -1030,7 +1055,7 @@ cdef class RequestEncoder:
         self.o_v = <float*>_grow(self.o_v, cap * sizeof(float))
         self.out_cap = cap
 
-    cdef inline int _field_of(self, PyObject* name) except -2:
+    cdef int _field_of(self, PyObject* name) except -2:
         """Field number of a dict key, -1 if it is not a field."""
         # Fibonacci hashing of the address: objects sit 16..64 bytes apart, so low bits alone collide
         cdef size_t slot = <size_t>((<uint64_t><size_t>name * 0x9E3779B97F4A7C15ULL) >> (64 - NAME_CACHE_BITS))
@@ -1046,7 +1071,7 @@ cdef class RequestEncoder:
             self.name_field[slot] = f
         return f
 
-    cdef inline int _encode(self, int f, object v, uint64_t* key, float* val) except -1:
+    cdef int _encode(self, int f, object v, uint64_t* key, float* val) except -1:
         """Stored key (0 = missing) and value of raw value v in field f; returns 1 if present.
 
         The key's table slot is requested at once, so the look-up (`_resolve`,
@@ -1058,7 +1083,7 @@ cdef class RequestEncoder:
             __builtin_prefetch(self.slots + (key[0] & self.mask))
         return r
 
-    cdef inline int _key(self, int f, object v, uint64_t* key, float* val) except -1:
+    cdef int _key(self, int f, object v, uint64_t* key, float* val) except -1:
         cdef int kind = self.kinds_p[f]
         cdef const char* buf
         cdef Py_ssize_t n
@@ -1143,6 +1168,59 @@ cdef class RequestEncoder:
             val[0] = <float>d
         return 1
 
+    cdef int _key_raw(self, const RawValue* v, uint64_t* key, float* val) except -2:
+        """`_key` of a value that a JSON scanner found (no Python object): the same key and value as
+        `_key` gives the decoded value. Returns 1 present, 0 missing, -1 when this value needs the
+        Python path (a string in a numeric field that is not a plain decimal number, or not finite);
+        the caller then takes that path for the whole request, which reports errors."""
+        cdef int f = v.field
+        cdef int kind = self.kinds_p[f]
+        cdef char num[32]
+        cdef double d
+        cdef uint64_t k
+        cdef bytes m
+        key[0] = 0
+        val[0] = 1.0
+        if v.kind == RAW_NULL:
+            return 0
+        if v.kind == RAW_STR:
+            if v.n == 0:
+                return 0
+            if self.has_missing:
+                for m in self.missing_utf8:
+                    if len(m) == v.n and memcmp(<const char*>m, v.s, v.n) == 0:
+                        return 0
+        if kind == 0:
+            if v.kind == RAW_STR:
+                k = key_from_state(self.states[f], v.s, v.n)
+            elif v.kind == RAW_INT:
+                k = key_from_state(self.states[f], num, fmt_i64(num, v.i))
+            else:
+                d = v.d
+                if not isfinite(d):
+                    return -1
+                if d == floor(d) and -9.2e18 < d < 9.2e18:
+                    k = key_bytes(<uint32_t>f, num, fmt_i64(num, <int64_t>d), self.seed)
+                else:
+                    k = key_of(<uint32_t>f, categorical_token(d), self.seed)
+            key[0] = stored(k)
+            return 1
+        # numeric
+        if v.kind == RAW_INT:
+            d = <double>v.i
+        elif v.kind == RAW_FLOAT:
+            d = v.d
+        elif not parse_decimal(<const unsigned char*>v.s, v.n, &d):
+            return -1
+        if not isfinite(d):
+            return -1
+        if kind == 1:
+            key[0] = log2bin_key(<uint32_t>f, d, self.seed)
+        else:
+            key[0] = self.raw_keys[f]
+            val[0] = <float>d
+        return 1
+
     cdef void _resolve(self, const uint64_t* keys, const int32_t* fields, int32_t* out,
                        Py_ssize_t n) noexcept nogil:
         """Indices of n stored keys (field i of key i when `fields` is NULL); slots were prefetched."""
@@ -1177,7 +1255,6 @@ cdef class RequestEncoder:
         Equal to `score_candidates` of `encode`'s arrays; raises DataError if
         an entry falls outside the model (an encoder and weights that disagree).
         """
-        cdef CandidateRequest q
         cdef cnp.npy_intp dims[1]
         if self.busy:
             return self._spare().score(context, candidates, model)
@@ -1185,16 +1262,10 @@ cdef class RequestEncoder:
         try:
             self._encode_entries(context, candidates, model.W if model.model_code == 0 else NULL,
                                  model.sj * sizeof(float))
-            if not (entries_ok(self.oc_f, self.oc_i, self.n_ctx_out, model.n_fields, model.n_features)
-                    and entries_ok(self.o_f, self.o_i, self.o_p[self.n_c], model.n_fields, model.n_features)):
-                raise _model_mismatch(model.n_fields, model.n_features, self._arrays())
             dims[0] = self.n_c
             out = cnp.PyArray_EMPTY(1, dims, cnp.NPY_FLOAT64, 0)
-            model.fill(&q)
-            q.xf, q.xj, q.xv, q.nc = self.oc_f, self.oc_i, self.oc_v, self.n_ctx_out
-            q.cptr, q.cf, q.cj, q.cv, q.n_cand = self.o_p, self.o_f, self.o_i, self.o_v, self.n_c
-            q.out = <double*>cnp.PyArray_DATA(out)
-            score_request(&q)
+            if not self._score_scratch(model, <double*>cnp.PyArray_DATA(out)):
+                raise _model_mismatch(model.n_fields, model.n_features, self._arrays())
             return out
         finally:
             self.busy = False
@@ -1226,15 +1297,11 @@ cdef class RequestEncoder:
         instead of all waiting for the scoring kernel.
         """
         cdef int nf = self.n_fields, f
-        cdef Py_ssize_t pos, n_c, c, ne = 0, e, n_ctx = 0, in_count = 0, w, own, done = 0, upto
+        cdef Py_ssize_t pos, n_c, c, ne = 0, e, in_count = 0, done = 0, upto
         cdef PyObject* pk
         cdef PyObject* pv
         cdef list cand_list
         cdef int64_t* own_off
-        cdef int64_t* o_p
-        cdef int32_t* o_f
-        cdef int32_t* o_i
-        cdef float* o_v
         for f in range(nf):
             self.ctx_key[f] = 0
             self.ctx_val[f] = 1.0
@@ -1287,6 +1354,17 @@ cdef class RequestEncoder:
         if W == NULL:
             self._resolve(self.ctx_key, NULL, self.ctx_idx, nf)
         self._resolve(self.ent_k + done, self.ent_f + done, self.ent_i + done, ne - done)
+        return self._assemble(n_c, ne, in_count)
+
+    cdef int _assemble(self, Py_ssize_t n_c, Py_ssize_t ne, Py_ssize_t in_count) except -1:
+        """The output entries from the resolved scratch (ctx_idx/ctx_val, ent_*, own_off, in_cands)."""
+        cdef int nf = self.n_fields, f
+        cdef Py_ssize_t c, e, w, own
+        cdef int64_t* own_off = self.own_off
+        cdef int64_t* o_p
+        cdef int32_t* o_f
+        cdef int32_t* o_i
+        cdef float* o_v
         # context part: fields no candidate sets
         w = 0
         for f in range(nf):
@@ -1323,6 +1401,83 @@ cdef class RequestEncoder:
             o_p[c + 1] = w
         self.n_c = n_c
         return 0
+
+    cdef bint _score_scratch(self, CandidateModel model, double* out) except -1:
+        """Score the scratch outputs into out; False (nothing scored) if an entry is outside the model."""
+        cdef CandidateRequest q
+        if not (entries_ok(self.oc_f, self.oc_i, self.n_ctx_out, model.n_fields, model.n_features)
+                and entries_ok(self.o_f, self.o_i, self.o_p[self.n_c], model.n_fields, model.n_features)):
+            return False
+        model.fill(&q)
+        q.xf, q.xj, q.xv, q.nc = self.oc_f, self.oc_i, self.oc_v, self.n_ctx_out
+        q.cptr, q.cf, q.cj, q.cv, q.n_cand = self.o_p, self.o_f, self.o_i, self.o_v, self.n_c
+        q.out = out
+        score_request(&q)
+        return True
+
+    cdef int score_raw(self, const RawValue* ctx, Py_ssize_t n_ctx, const RawValue* ents,
+                       const int64_t* cand_off, Py_ssize_t n_c, CandidateModel model,
+                       double* out) except -1:
+        """`score` of raw values: ctx[0:n_ctx] the context, ents[cand_off[c]:cand_off[c+1]] candidate c's
+        own values, every one a field (`field_of_utf8`) and no field twice in one object. Writes the
+        n_c probabilities to out and returns 1, or returns 0 with nothing scored when some value needs
+        the Python path (see `_key_raw`), an entry is outside the model, or the encoder is busy.
+        The same entries in the same order as `score` of the decoded dicts, hence the same scores.
+        """
+        cdef int nf = self.n_fields, f, r
+        cdef Py_ssize_t i, c, ne, in_count = 0, done = 0, upto, e
+        cdef const float* W = model.W if model.model_code == 0 else NULL
+        cdef Py_ssize_t row = model.sj
+        if self.busy:
+            return 0
+        self.busy = True
+        try:
+            for f in range(nf):
+                self.ctx_key[f] = 0
+                self.ctx_val[f] = 1.0
+                self.ctx_set[f] = 0
+                self.in_cands[f] = 0
+            for i in range(n_ctx):
+                f = ctx[i].field
+                if self._key_raw(&ctx[i], &self.ctx_key[f], &self.ctx_val[f]) < 0:
+                    return 0
+                if self.cap > 0 and self.ctx_key[f] != 0:
+                    __builtin_prefetch(self.slots + (self.ctx_key[f] & self.mask))
+                self.ctx_set[f] = 1
+            if W != NULL:
+                self._resolve(self.ctx_key, NULL, self.ctx_idx, nf)
+                for f in range(nf):
+                    _prefetch_span(W + <Py_ssize_t>self.ctx_idx[f] * row, row * sizeof(float))
+            ne = cand_off[n_c]
+            self._reserve(ne)
+            self._reserve_cands(n_c)
+            self.own_off[0] = 0
+            for c in range(n_c):
+                for i in range(cand_off[c], cand_off[c + 1]):
+                    f = ents[i].field
+                    self.ent_f[i] = f
+                    r = self._key_raw(&ents[i], &self.ent_k[i], &self.ent_v[i])
+                    if r < 0:
+                        return 0
+                    if self.cap > 0 and self.ent_k[i] != 0:
+                        __builtin_prefetch(self.slots + (self.ent_k[i] & self.mask))
+                    if not self.in_cands[f]:
+                        self.in_cands[f] = 1
+                        in_count += 1
+                self.own_off[c + 1] = cand_off[c + 1]
+                if W != NULL and c >= REQUEST_LAG:
+                    upto = self.own_off[c - REQUEST_LAG + 1]
+                    self._resolve(self.ent_k + done, self.ent_f + done, self.ent_i + done, upto - done)
+                    for e in range(done, upto):
+                        _prefetch_span(W + <Py_ssize_t>self.ent_i[e] * row, row * sizeof(float))
+                    done = upto
+            if W == NULL:
+                self._resolve(self.ctx_key, NULL, self.ctx_idx, nf)
+            self._resolve(self.ent_k + done, self.ent_f + done, self.ent_i + done, ne - done)
+            self._assemble(n_c, ne, in_count)
+            return 1 if self._score_scratch(model, out) else 0
+        finally:
+            self.busy = False
 
 
 cdef inline void _prefetch_span(const void* p, Py_ssize_t nbytes) noexcept nogil:

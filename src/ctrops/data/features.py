@@ -340,6 +340,12 @@ class FeatureEncoder:
             enc = self._build_request_encoder()
         return enc.score(context, candidates, model)
 
+    def request_encoder(self) -> Any:
+        """The native `_parse.RequestEncoder` behind `encode_request` / `score_request`, built once
+        (the server's native fast path hands it raw values scanned from the request body)."""
+        enc = self._request_encoder
+        return enc if enc is not None else self._build_request_encoder()
+
     def _build_request_encoder(self) -> Any:
         self._check_fitted()
         kinds = np.array([_KINDS[(d.kind, d.transform)] for d in self.spec.fields], np.int32)

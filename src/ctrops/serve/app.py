@@ -35,6 +35,11 @@ from ctrops.serve.metrics import ServerMetrics
 from ctrops.serve.schema import RequestError, openapi_document, request_parser
 from ctrops.serve.tracking import MAX_CANDIDATES, TrackingIds
 
+try:  # the native fast path of /v1/predict; without it every request takes the general path
+    from ctrops.serve._fastpath import FastPath
+except ImportError:  # pragma: no cover - a build without the extension
+    FastPath = None
+
 log = logging.getLogger("ctrops.serve.app")
 _JSON = "application/json"
 _dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
@@ -89,9 +94,14 @@ def render_response(request_id: str, experiment: str, arm: str, version: int | N
         pieces[3::6] = _RANK_TAIL[1:n + 1]
         pieces[5::6] = map(_SUFFIX_TAIL.__getitem__, order)
         rows = "".join(pieces)[:-len(_NEXT_ROW)]
-    head = (f'{{"request_id":{_encode_str(request_id)},"experiment":{_encode_str(experiment)},'
-            f'"arm":{_encode_str(arm)},"model_version":{"null" if version is None else int(version)},"candidates":[')
+    head = f'{{"request_id":{_encode_str(request_id)}{_head_tail(experiment, arm, version)}'
     return f'{head}{{"id":{rows}]}}'.encode() if n else f"{head}]}}".encode()
+
+
+def _head_tail(experiment: str, arm: str, version: int | None) -> str:
+    """The response's head after the request id, up to the candidates' opening bracket."""
+    return (f',"experiment":{_encode_str(experiment)},"arm":{_encode_str(arm)},'
+            f'"model_version":{"null" if version is None else int(version)},"candidates":[')
 
 
 def build_loader(config: ServingConfig, metrics: ServerMetrics | None = None) -> ServingLoader:
@@ -117,6 +127,13 @@ class PredictionService:
         self.debug_every = config.log.debug_every if config.log is not None else 0
         self.requests = 0
         self._arm_counters: dict[str, Any] = {}
+        # The native fast path (None: every request takes the general path). It logs through
+        # submit_request (the writer re-reads ids and passthrough from the body), so a log without
+        # that method keeps requests on the general path.
+        self._submit_request = getattr(prediction_log, "submit_request", None)
+        usable = FastPath is not None and (prediction_log is None or self._submit_request is not None)
+        self.fast = FastPath.from_limits(config.limits) if usable else None
+        self._head_tails: dict[tuple, bytes] = {}
 
     def handle(self, body: bytes) -> tuple[int, bytes]:
         """Score one request body; returns (HTTP status, JSON bytes)."""
@@ -138,6 +155,67 @@ class PredictionService:
         if len(body) > self.limits.max_body_bytes:
             raise RequestError(413, "body_too_large", f"the body is {len(body)} bytes; the limit is "
                                                       f"{self.limits.max_body_bytes}")
+        if self.fast is not None and not (self.debug_every and (self.requests + 1) % self.debug_every == 0):
+            out = self._predict_fast(body)
+            if out is not None:
+                return out
+        return self._predict_general(body)
+
+    def _predict_fast(self, body: bytes) -> bytes | None:
+        """The answer through the native fast path, or None: then the general path answers (same bytes).
+
+        None whenever the fast path would not give exactly the general path's answer: a body it does
+        not scan (escapes, odd numbers, an error to report...), no state, the random arm, an arm
+        without a native model (e.g. an injected scorer), a value the encoder wants to see in Python.
+        """
+        fast = self.fast
+        scanned = fast.scan(body)
+        if scanned is None:
+            return None
+        state = self.loader.state
+        if state is None:
+            return None
+        request_id, user_id = scanned
+        now_ms = int(time.time() * 1000)
+        prefix = self.ids.prefix(now_ms)
+        request_id = request_id or prefix
+        unit_id = user_id or request_id
+        arm = state.assigner.assign(unit_id)
+        if arm.random:
+            return None
+        predictor = state.arms[arm.name].predictor
+        encoder = getattr(predictor, "request_encoder", None)
+        if encoder is None:
+            return None
+        version = predictor.model_version
+        experiment = state.experiment.name
+        key = (experiment, arm.name, version)
+        tail = self._head_tails.get(key)
+        if tail is None:
+            if len(self._head_tails) > 64:
+                self._head_tails.clear()
+            tail = self._head_tails[key] = _head_tail(experiment, arm.name, version).encode()
+        head = b'{"request_id":' + _encode_str(request_id).encode() + tail
+        done = fast.finish(body, encoder, predictor.candidate_model, head, prefix.encode())
+        if done is None:
+            return None
+        out, scores, order = done
+        self._count(arm.name, len(scores))
+        if self.log is not None:
+            self._submit_request(now_ms, request_id, unit_id, experiment, arm.name, self.loader.store.model_name,
+                                 version, prefix, body, scores, order)
+        return out
+
+    def _count(self, arm: str, n: int) -> None:
+        counter = self._arm_counters.get(arm)
+        if counter is None:
+            counter = self._arm_counters[arm] = self.metrics.predictions.labels(arm)
+        counter.inc()
+        self.metrics.candidates.inc(n)
+        self.requests += 1
+
+    def _predict_general(self, body: bytes) -> bytes:
+        """Decode (msgspec, or the hand validator naming the path of a problem), score, render."""
         req = self.parse(body)
         state = self.loader.state
         if state is None:
@@ -167,12 +245,7 @@ class PredictionService:
         ids = req.candidate_ids
         body_out = render_response(request_id, state.experiment.name, arm.name, version, prefix, ids,
                                    scores, order.tolist())
-        counter = self._arm_counters.get(arm.name)
-        if counter is None:
-            counter = self._arm_counters[arm.name] = self.metrics.predictions.labels(arm.name)
-        counter.inc()
-        self.metrics.candidates.inc(n)
-        self.requests += 1
+        self._count(arm.name, n)
         if self.log is not None:
             self.log.submit(RequestLog(
                 now_ms, request_id, unit_id, state.experiment.name, arm.name,

@@ -315,7 +315,8 @@ def request_parser(limits: Limits):
     def parse(body: bytes) -> PredictRequest:
         try:
             doc = typed(body)
-        except (_msgspec.DecodeError, _msgspec.ValidationError, RecursionError):
+        except (_msgspec.DecodeError, _msgspec.ValidationError, RecursionError, UnicodeDecodeError):
+            # (msgspec raises UnicodeDecodeError for bytes that are not UTF-8: a 400, not a 500)
             return validate_predict(parse_json(body), limits)  # raises with a precise message
         cands = doc.candidates
         ids = list(map(_attr_id, cands))
