@@ -39,10 +39,11 @@ def gone(pid: int) -> bool:
         return True
 
 
-def wait_for(cond, timeout: float = 30.0, what: str = "condition") -> None:
+def wait_for(cond, timeout: float = 30.0, what="condition") -> None:
+    """Poll `cond`; on timeout fail with `what` (a string, or a function giving the state to show)."""
     deadline = time.monotonic() + timeout
     while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what() if callable(what) else what}"
         time.sleep(0.02)
 
 
@@ -276,7 +277,8 @@ def test_a_killed_hub_is_restarted_and_its_workers_reconnect(tmp_path):
         first = hub.pid
         os.kill(first, signal.SIGKILL)
         wait_for(lambda: hub.pid != first and a.writer_pid == hub.pid and b.writer_pid == hub.pid,
-                 what="a restarted hub with both workers back")
+                 what=lambda: f"a restarted hub with both workers back: hub {first} -> {hub.pid}, "
+                              f"writers {a.writer_pid}, {b.writer_pid}, connected {a._sock}, {b._sock}")
         assert a.dropped == 30  # taken by the killed hub, not written (flush_seconds=30)
         submit_both_ways(a, entries[30:90])
         submit_both_ways(b, entries[90:])

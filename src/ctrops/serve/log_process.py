@@ -264,10 +264,10 @@ class ProcessPredictionLog:
             return False
         try:
             return self._sock.recv(1, socket.MSG_DONTWAIT) == b""
-        except BlockingIOError:
-            return False
-        except OSError:
+        except (ConnectionResetError, BrokenPipeError):
             return True
+        except OSError:  # would block (alive), or transient: a second reader of the ring must never start
+            return False
 
     def _count_lost(self) -> int:
         """After a writer died: what it had taken and not written is lost (counted); what is still in

@@ -39,6 +39,7 @@ import os
 import queue
 import signal
 import socket
+import struct
 import sys
 import threading
 import time
@@ -61,9 +62,10 @@ class RingPump:
     """One worker's ring: pulls its records, holds what the sink's queue cannot take yet, and keeps
     the worker's counters."""
 
-    def __init__(self, ring: lr.Ring, conn: socket.socket | None = None) -> None:
+    def __init__(self, ring: lr.Ring, conn: socket.socket | None = None, worker: int = 0) -> None:
         self.ring = ring
         self.conn = conn
+        self.worker = worker
         s = ring.slots
         # a restarted writer continues the counters of the one before it (the worker reset the rest)
         self.base_written, self.base_errors, self.base_dropped = (
@@ -248,26 +250,43 @@ def run_hub(name: str, config: LogConfig, stop: threading.Event) -> int:
         while True:
             try:
                 conn, _ = server.accept()
-                _, fds, _, _ = socket.recv_fds(conn, 64, 1)
-                if not fds:
-                    conn.close()
-                    continue
-                ring = lr.Ring.attach(fds[0])
-                os.close(fds[0])
-                arrivals.put(RingPump(ring, conn))
             except OSError:
                 if stop.is_set():
                     return
-                log.exception("accepting a worker's ring failed")
-            except ValueError as exc:
-                log.error("a worker sent something that is not a log ring: %s", exc)
+                log.exception("accepting a worker's connection failed")
+                continue
+            fds: list[int] = []
+            try:
+                # an abstract socket has no file permissions: only this user's processes are served
+                _, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+                if uid != os.getuid():
+                    raise ValueError(f"a process of uid {uid} connected")
+                conn.settimeout(5.0)
+                msg, fds, _, _ = socket.recv_fds(conn, 64, 1)
+                conn.settimeout(None)
+                if not fds:
+                    raise ValueError("no file descriptor")
+                ring = lr.Ring.attach(fds[0])
+                arrivals.put(RingPump(ring, conn, int(msg or b"0")))
+            except (OSError, ValueError) as exc:
+                log.error("a connection did not hand over a log ring (%s): ignored", exc)
+                conn.close()
+            finally:
+                for fd in fds:
+                    os.close(fd)  # the mapping keeps the memory
 
     threading.Thread(target=accept, name="ctrops-log-accept", daemon=True).start()
     writer = Writer(config)
     writer.start()
     while True:
         while not arrivals.empty():
-            writer.pumps.append(arrivals.get())
+            pump = arrivals.get()
+            if any(p.worker == pump.worker and not p.connection_closed() for p in writer.pumps):
+                log.error("worker %d handed its ring over twice: the second connection is ignored", pump.worker)
+                pump.conn.close()
+                pump.ring.close()
+                continue
+            writer.pumps.append(pump)
         stopping = stop.is_set()
         for pump in writer.pumps:
             if stopping or pump.ring.slots[lr.STOP] or pump.connection_closed():
