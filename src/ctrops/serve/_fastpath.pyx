@@ -81,6 +81,30 @@ cdef const char* HEX = b"0123456789abcdef"
 # scanning (nogil; False = not handled)
 # ---------------------------------------------------------------------------
 
+cdef extern from *:
+    int __builtin_ctzll(unsigned long long x) noexcept nogil
+
+cdef inline uint64_t _zero_bytes(uint64_t x) noexcept nogil:
+    """0x80 in the lowest byte of x that is zero (higher flags may be spurious, never lower ones)."""
+    return (x - 0x0101010101010101ULL) & ~x & 0x8080808080808080ULL
+
+
+cdef inline Py_ssize_t _plain_run(const unsigned char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
+    """The end of the run of printable ASCII other than '"' and '\\' from i: eight bytes a step."""
+    cdef uint64_t v, m
+    while i + 8 <= n:
+        memcpy(&v, p + i, 8)
+        m = (_zero_bytes(v ^ 0x2222222222222222ULL) | _zero_bytes(v ^ 0x5C5C5C5C5C5C5C5CULL)
+             | _zero_bytes(v ^ 0x7F7F7F7F7F7F7F7FULL)
+             | ((v - 0x2020202020202020ULL) & ~v) | v) & 0x8080808080808080ULL
+        if m:
+            return i + (__builtin_ctzll(m) >> 3)
+        i += 8
+    while i < n and 0x20 <= p[i] < 0x7F and p[i] != 34 and p[i] != 92:
+        i += 1
+    return i
+
+
 cdef inline void _ws(Scan* s) noexcept nogil:
     cdef unsigned char c
     while s.i < s.n:
@@ -116,11 +140,7 @@ cdef bint _string(Scan* s, Str* out) noexcept nogil:
     out.s = <const char*>(p + i)
     while True:
         start = i
-        while i < n:  # the common run: printable ASCII other than '"' and '\\'
-            c = p[i]
-            if c == 34 or c == 92 or c < 0x20 or c >= 0x7F:
-                break
-            i += 1
+        i = _plain_run(p, i, n)
         chars += i - start
         json_n += i - start
         if i >= n:
@@ -302,6 +322,17 @@ cdef inline int _next(Scan* s) noexcept nogil:
         if s.p[s.i - 1] == 125 or s.p[s.i - 1] == 93:
             return 0
     return -1
+
+
+cdef inline bint _same(const char* a, const char* b, Py_ssize_t n) noexcept nogil:
+    """a[:n] == b[:n]; field names are a few bytes, shorter than a call to memcmp."""
+    cdef Py_ssize_t i
+    if n > 16:
+        return memcmp(a, b, n) == 0
+    for i in range(n):
+        if a[i] != b[i]:
+            return False
+    return True
 
 
 cdef inline bint _is(const Str* k, const char* lit, Py_ssize_t n) noexcept nogil:
@@ -845,7 +876,7 @@ cdef class FastPath:
                 gen = self.generation
                 for e in range(e0, e1):
                     name, name_n, k = self.entries[e].name, self.entries[e].name_n, e - e0
-                    if c >= 0 and self.pos_len[k] == name_n and memcmp(self.pos_name[k], name, name_n) == 0:
+                    if c >= 0 and self.pos_len[k] == name_n and _same(self.pos_name[k], name, name_n):
                         f = self.pos_field[k]
                     else:
                         f = enc.field_of_utf8(name, name_n)

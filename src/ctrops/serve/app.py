@@ -15,6 +15,7 @@ import gc
 import hmac
 import json
 import logging
+import os
 import sys
 import time
 from contextlib import asynccontextmanager
@@ -130,8 +131,10 @@ class PredictionService:
         # The native fast path (None: every request takes the general path). It logs through
         # submit_request (the writer re-reads ids and passthrough from the body), so a log without
         # that method keeps requests on the general path.
+        # CTROPS_FAST_PATH=0 turns it off (benchmarks compare the two paths in one run).
         self._submit_request = getattr(prediction_log, "submit_request", None)
-        usable = FastPath is not None and (prediction_log is None or self._submit_request is not None)
+        usable = (FastPath is not None and os.environ.get("CTROPS_FAST_PATH", "1") != "0"
+                  and (prediction_log is None or self._submit_request is not None))
         self.fast = FastPath.from_limits(config.limits) if usable else None
         self._head_tails: dict[tuple, bytes] = {}
 
