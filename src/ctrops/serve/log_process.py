@@ -105,8 +105,9 @@ class ProcessPredictionLog:
 
         The writer re-derives the candidate ids and passthrough objects from the body.
         """
-        return self._push(RAW, encode_raw(ts_ms, request_id, unit_id, experiment, arm, model_name, model_version,
-                                          tracking_prefix, scores, order), body, len(order))
+        head, score_bytes, order_bytes = encode_raw(ts_ms, request_id, unit_id, experiment, arm, model_name,
+                                                    model_version, tracking_prefix, scores, order)
+        return self._push(RAW, head, score_bytes, len(order), order_bytes, body)
 
     def submit(self, entry: RequestLog) -> bool:
         """Hand one request over with its lists of ids and passthrough objects (dearer than
@@ -114,10 +115,10 @@ class ProcessPredictionLog:
         kind, payload = encode_lists(entry)
         return self._push(kind, payload, b"", len(entry.order))
 
-    def _push(self, kind: int, head: bytes, body: bytes, n_records: int) -> bool:
+    def _push(self, kind: int, head: bytes, first: Any, n_records: int, *more: Any) -> bool:
         ring = self._ring
         with self._lock:
-            ok = ring is not None and not self._stop and ring.push(kind, head, body)
+            ok = ring is not None and not self._stop and ring.push(kind, head, first, *more)
             if ok:
                 self._requests_in += 1
                 self._records_in += n_records

@@ -4,9 +4,9 @@ The request thread encodes what it holds in one msgspec call (strings, the
 scores and ranking as raw float64 / int64 bytes, and either the raw request
 body or the lists of ids and passthrough objects); the writer process decodes
 it back into the `RequestLog` the columnar writer takes. Raw bodies are the
-cheap case for the request thread: the body is not encoded at all but copied
-into the ring as the record's second part, once; the ids and passthrough
-objects are re-derived from it by the writer.
+cheap case for the request thread: the arrays and the body are not encoded at
+all but copied into the ring after a small msgpack head, once each; the ids
+and passthrough objects are re-derived from the body by the writer.
 """
 
 from __future__ import annotations
@@ -34,10 +34,15 @@ def _contiguous(a: Any, dtype: np.dtype) -> np.ndarray:
 
 
 def encode_raw(ts_ms: int, request_id: str, unit_id: str, experiment: str, arm: str, model_name: str | None,
-               model_version: int | None, tracking_prefix: str, scores: np.ndarray, order: np.ndarray) -> bytes:
-    """The first part of a request logged from its raw body (kind RAW); the body is the second part."""
-    return _encode((ts_ms, request_id, unit_id, experiment, arm, model_name, model_version, tracking_prefix,
-                    _contiguous(scores, _F64).data, _contiguous(order, _I64).data))
+               model_version: int | None, tracking_prefix: str, scores: np.ndarray,
+               order: np.ndarray) -> tuple[bytes, memoryview, memoryview]:
+    """The parts of a request logged from its raw body (kind RAW), to be followed by the body: the
+    request-level fields with the two array lengths (msgpack), then the scores' float64 bytes and the
+    ranking's int64 bytes as views (copied once, into the ring)."""
+    scores, order = _contiguous(scores, _F64), _contiguous(order, _I64)
+    head = _encode((ts_ms, request_id, unit_id, experiment, arm, model_name, model_version, tracking_prefix,
+                    len(scores), len(order)))
+    return head, scores.data.cast("B"), order.data.cast("B")
 
 
 def encode_lists(entry: RequestLog) -> tuple[int, bytes]:
@@ -63,11 +68,16 @@ def decode_entry(kind: int, payload: bytes, split: int | None = None) -> Request
 
     ValueError when the payload or its body cannot be read.
     """
-    if kind == RAW:
+    if kind == RAW:  # head, scores, order, body
         view = memoryview(payload)
         f = _decode(view[:split])
-        return request_from_body(RawRequestLog(*f[:8], view[split:], np.frombuffer(f[8], dtype=_F64),
-                                               np.frombuffer(f[9], dtype=_I64)))
+        n_scores, n_order = f[8], f[9]
+        body_at = split + 8 * (n_scores + n_order)
+        if len(f) != 10 or body_at > len(payload):
+            raise ValueError("a logged request whose arrays do not fit its payload")
+        scores = np.frombuffer(payload, dtype=_F64, count=n_scores, offset=split)
+        order = np.frombuffer(payload, dtype=_I64, count=n_order, offset=split + 8 * n_scores)
+        return request_from_body(RawRequestLog(*f[:8], view[body_at:], scores, order))
     if kind == LISTS:
         f = _decode(payload)
         scores, order = np.frombuffer(f[8], dtype=_F64), np.frombuffer(f[9], dtype=_I64)

@@ -41,6 +41,7 @@ import mmap
 import os
 import platform
 import struct
+from typing import Any
 
 HEADER_BYTES = 4096
 _MAGIC = 0x31474E52_53504F43  # "COPSRNG1"
@@ -108,9 +109,10 @@ class Ring:
         return cls(fd, owner=False)
 
     # ---- producer -----------------------------------------------------------------------------
-    def push(self, kind: int, head: bytes, body: bytes = b"") -> bool:
-        """Append one record whose payload is `head` + `body`; False (nothing written) when the ring
-        has no room for it.
+    def push(self, kind: int, head: bytes, body: bytes = b"", *more: Any) -> bool:
+        """Append one record whose payload is `head` + `body` + `more` (byte buffers: bytes, or
+        format-"B" memoryviews); `split` in the record's head is len(head). False (nothing written)
+        when the ring has no room for it.
 
         One producer at a time: callers in several threads hold a lock around it.
         """
@@ -118,6 +120,8 @@ class Ring:
         w = slots[WRITE_POS]
         split = len(head)
         n = split + len(body)
+        for part in more:
+            n += len(part)
         need = _HEAD_SIZE + ((n + _ALIGN - 1) & -_ALIGN)
         pos = w % cap
         tail = cap - pos
@@ -130,9 +134,14 @@ class Ring:
             pos = 0
         _HEAD.pack_into(data, pos, n, kind, split, 0)
         start = pos + _HEAD_SIZE
-        data[start:start + split] = head
-        if n > split:
-            data[start + split:start + n] = body
+        end = start + split
+        data[start:end] = head
+        if body:
+            data[end:end + len(body)] = body
+            end += len(body)
+        for part in more:
+            data[end:end + len(part)] = part
+            end += len(part)
         slots[WRITE_POS] = w + skip + need  # publish after the bytes (x86-64 keeps stores in order)
         return True
 
