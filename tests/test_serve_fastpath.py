@@ -310,3 +310,31 @@ def test_numbers_read_as_the_general_path_reads_them(service, x):
     raw = (b'{"context":{"f0":%s,"n0":%s},"candidates":[{"id":1,"fields":{"price":%s}},'
            b'{"id":2,"fields":{"f1":%s}}]}' % ((spelled.encode(),) * 4))
     check(service, raw)
+
+
+def test_the_log_gets_the_same_records_from_both_paths(tmp_path):
+    """The fast path logs the body, scores and order; the writer's records equal the general path's."""
+    from ctrops.serve.logging_sink import LogConfig, PredictionLog
+
+    predictor = _predictor(tmp_path, "vocab")
+    doc = {"request_id": "r1", "user_id": "u", "context": {"f0": "a", "n0": 5},
+           "candidates": [{"id": "ad1", "fields": {"f1": "b"}, "passthrough": {"bid": 1.25, "w": True}},
+                          {"id": 7, "fields": {"f1": "c", "price": 2.5}},
+                          {"id": "é", "fields": {"ü": "日本"}, "passthrough": None}],
+           "top_k": 2, "passthrough": {"auction": "a-1"}}
+    rows = {}
+    for name in ("fast", "general"):
+        service = _service(tmp_path, predictor)
+        if name == "general":
+            service.fast = None
+        else:
+            assert service._predict_fast(dumps(doc)) is not None  # this body takes the fast path
+        sink = PredictionLog(LogConfig(str(tmp_path / name), "jsonl", flush_seconds=0.01)).start()
+        service.log, service._submit_request = sink, sink.submit_request
+        status, _ = service.handle(dumps(doc))
+        assert status == 200
+        sink.close()
+        rows[name] = [{k: v for k, v in json.loads(line).items() if k != "ts_ms"}
+                      for path in sorted((tmp_path / name).glob("predictions-*.jsonl"))
+                      for line in path.read_text().splitlines()]
+    assert len(rows["fast"]) == 2 and rows["fast"] == rows["general"]
