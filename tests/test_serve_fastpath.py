@@ -212,6 +212,7 @@ def test_plain_request_is_answered_by_the_fast_path(service):
     (b'{"context":{},"candidates":[]}', "no candidates"),
     (b'{"context":{},"candidates":[{"id":"x","fields":{}}],"top_k":0}', "top_k 0"),
     (b'{"context":{"f0":1e999},"candidates":[{"id":"x","fields":{}}]}', "an infinite number"),
+    (b'{"context":{"price":1e300},"candidates":[{"id":"x","fields":{}}]}', "a raw value beyond float32"),
 ])
 def test_bodies_the_fast_path_hands_over(service, raw, why):
     assert service._predict_fast(raw) is None, why
@@ -220,6 +221,12 @@ def test_bodies_the_fast_path_hands_over(service, raw, why):
 
 def dumps(doc: dict) -> bytes:
     return json.dumps(doc, ensure_ascii=False).encode()
+
+
+def test_a_raw_value_beyond_float32_is_a_422(service):
+    with pytest.raises(RequestError) as err:
+        service._predict_general(b'{"context":{"price":-1e39},"candidates":[{"id":"x","fields":{}}]}')
+    assert err.value.status == 422 and "float32" in err.value.message
 
 
 def test_ties_rank_in_input_order(service):

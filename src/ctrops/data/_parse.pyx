@@ -1166,6 +1166,8 @@ cdef class RequestEncoder:
         else:
             key[0] = self.raw_keys[f]
             val[0] = <float>d
+            if not isfinite(val[0]):  # beyond float32: the score would be NaN
+                raise _range_error(self.names[f], v)
         return 1
 
     cdef int _key_raw(self, const RawValue* v, uint64_t* key, float* val) except -2:
@@ -1219,6 +1221,8 @@ cdef class RequestEncoder:
         else:
             key[0] = self.raw_keys[f]
             val[0] = <float>d
+            if not isfinite(val[0]):
+                return -1  # `_key` reports it
         return 1
 
     cdef void _resolve(self, const uint64_t* keys, const int32_t* fields, int32_t* out,
@@ -1531,6 +1535,11 @@ def categorical_token(v):
 
 
 _INF = float("inf")
+
+
+def _range_error(name, value):
+    from ctrops.errors import DataError
+    return DataError(f"value {value!r} is outside the float32 range of a raw numeric field", field=name)
 
 
 def _request_error(name, value):
