@@ -345,3 +345,38 @@ def test_the_log_gets_the_same_records_from_both_paths(tmp_path):
                       for path in sorted((tmp_path / name).glob("predictions-*.jsonl"))
                       for line in path.read_text().splitlines()]
     assert len(rows["fast"]) == 2 and rows["fast"] == rows["general"]
+
+
+def test_http_answers_through_the_fast_path(tmp_path):
+    """Over the ASGI entry (real Starlette test client), the fast path answers as the general path does."""
+    from starlette.testclient import TestClient
+
+    from ctrops.serve.app import create_app
+
+    cfg = make_config(tmp_path, log=False, **LIMITS)
+    loader = injected_loader(cfg, [{"name": "production", "share": 100, "model": "production"}],
+                             {"production": _predictor(tmp_path, "vocab")})
+    app = create_app(cfg, loader=loader, start_background=False)
+    service = app.state.service
+    doc = {"request_id": "r9", "context": {"f0": "a", "n0": 3},
+           "candidates": [{"id": "x", "fields": {"f1": "b"}}, {"id": 5, "fields": {"f1": "c"}}]}
+    calls = []
+    finish = service._predict_fast
+
+    def spy(body):
+        out = finish(body)
+        calls.append(out is not None)
+        return out
+
+    service._predict_fast = spy
+    with TestClient(app) as client:
+        fast = client.post("/v1/predict", content=dumps(doc))
+        service.fast = None
+        general = client.post("/v1/predict", content=dumps(doc))
+    assert calls == [True] and fast.status_code == general.status_code == 200
+
+    def strip(r):
+        out = r.json()
+        return {**out, "candidates": [{k: v for k, v in c.items() if k != "tracking_id"} for c in out["candidates"]]}
+
+    assert strip(fast) == strip(general)
