@@ -32,7 +32,6 @@ from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc, strtod
 from libc.string cimport memcmp, memcpy
 cimport numpy as cnp
-import numpy as np
 
 from ctrops.data._parse cimport RAW_FLOAT, RAW_INT, RAW_NULL, RAW_STR, RawValue, RequestEncoder
 from ctrops.models._ffm cimport CandidateModel
