@@ -319,6 +319,42 @@ def test_numbers_read_as_the_general_path_reads_them(service, x):
     check(service, raw)
 
 
+passthrough_objects = st.one_of(st.none(), st.dictionaries(
+    st.text(min_size=1, max_size=4), st.one_of(st.booleans(), st.integers(-10**6, 10**6), st.text(max_size=5),
+                                               st.floats(-1e6, 1e6, allow_nan=False), st.none()), max_size=3))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(raw=valid_body(), cand_pt=st.lists(st.one_of(st.just("absent"), passthrough_objects), min_size=6, max_size=6),
+       req_pt=st.one_of(st.just("absent"), passthrough_objects), spaced=st.booleans())
+def test_the_log_body_holds_exactly_the_ids_and_passthrough_of_the_body(service, raw, cand_pt, req_pt, spaced):
+    """What the fast path hands the log instead of the body decodes, with the writer's own decoder, to
+    the same candidate ids and passthrough objects as the whole body (spacing and key order as sent)."""
+    from ctrops.serve.logging_sink import _decode_body
+
+    doc = json.loads(raw)
+    for c, pt in zip(doc["candidates"], cand_pt):
+        if pt != "absent":
+            c["passthrough"] = pt
+    if req_pt != "absent":
+        doc["passthrough"] = req_pt
+    raw = json.dumps(doc, ensure_ascii=False, indent=1 if spaced else None).encode()
+    assume(service.fast.scan(raw) is not None)
+    predictor = service.loader.state.arms["production"].predictor
+    done = service.fast.finish(raw, predictor.request_encoder, predictor.candidate_model,
+                               b'{"request_id":"r","candidates":[', PREFIX.encode(), True)
+    assume(done is not None)
+    log_body = done[3]
+    assert len(log_body) < len(raw) or not any(c["fields"] for c in doc["candidates"])
+    got, want = _decode_body(log_body), _decode_body(raw)
+    assert [c.id for c in got.candidates] == [c["id"] for c in doc["candidates"]]
+    assert [(c.id, c.passthrough) for c in got.candidates] == [(c.id, c.passthrough) for c in want.candidates]
+    assert got.passthrough == want.passthrough == doc.get("passthrough")
+    assert json.loads(log_body) == {"candidates": [{k: v for k, v in c.items() if k != "fields"}
+                                                   for c in doc["candidates"]],
+                                    **({"passthrough": doc["passthrough"]} if "passthrough" in doc else {})}
+
+
 def test_the_log_gets_the_same_records_from_both_paths(tmp_path):
     """The fast path logs the body, scores and order; the writer's records equal the general path's."""
     from ctrops.serve.logging_sink import LogConfig, PredictionLog

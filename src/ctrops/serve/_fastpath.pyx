@@ -71,6 +71,8 @@ cdef struct Cand:
     int64_t id_int
     bint id_is_int
     Py_ssize_t e0, e1     # its fields: entries[e0:e1]
+    Py_ssize_t id0, id1   # the id's JSON text: body[id0:id1]
+    Py_ssize_t pt0, pt1   # its passthrough's JSON text (pt0 < 0: none given)
 
 
 cdef const char* HEX = b"0123456789abcdef"
@@ -510,6 +512,7 @@ cdef class FastPath:
     cdef Cand* cands
     cdef Py_ssize_t n_cands
     cdef int64_t top_k          # 0: not given
+    cdef Py_ssize_t pt0, pt1    # the request passthrough's JSON text (pt0 < 0: none given)
     cdef object body            # the scanned body (its bytes back every span), None when none
     cdef bint busy
     # finish scratch
@@ -653,6 +656,7 @@ cdef class FastPath:
         cdef Str k
         cdef int got = 0, more
         cdef RawValue v
+        c.pt0 = -1
         if not _expect(s, 123):
             return False
         while True:
@@ -661,6 +665,7 @@ cdef class FastPath:
             if _is(&k, "id", 2) and not got & 1:
                 got |= 1
                 _ws(s)
+                c.id0 = s.i
                 if s.i < s.n and s.p[s.i] == 34:
                     if not _string(s, &c.id_str) or c.id_str.chars == 0 or c.id_str.chars > self.max_string:
                         return False
@@ -669,6 +674,7 @@ cdef class FastPath:
                     if not _integer(s, &c.id_int):
                         return False
                     c.id_is_int = True
+                c.id1 = s.i
             elif _is(&k, "fields", 6) and not got & 2:
                 got |= 2
                 c.e0 = self.n_entries
@@ -677,8 +683,11 @@ cdef class FastPath:
                 c.e1 = self.n_entries
             elif _is(&k, "passthrough", 11) and not got & 4:
                 got |= 4
+                _ws(s)
+                c.pt0 = s.i
                 if not _passthrough(s, self.max_passthrough, self.max_string):
                     return False
+                c.pt1 = s.i
             else:
                 return False  # unknown or repeated key
             more = _next(s)
@@ -744,6 +753,7 @@ cdef class FastPath:
         self.n_entries = 0
         self.n_cands = 0
         self.top_k = 0
+        self.pt0 = -1
         if not _expect(s, 123):
             return False
         while True:
@@ -783,8 +793,10 @@ cdef class FastPath:
                     self.top_k = top_k
             elif _is(&k, "passthrough", 11) and not got & 64:
                 got |= 64
+                self.pt0 = s.i  # _key and the _ws above leave s.i at the value
                 if not _passthrough(s, self.max_passthrough, self.max_string):
                     return False
+                self.pt1 = s.i
             else:
                 return False
             more = _next(s)
@@ -798,9 +810,10 @@ cdef class FastPath:
 
     # ---- finish --------------------------------------------------------------------------------
     def finish(self, bytes body not None, RequestEncoder encoder not None, CandidateModel model not None,
-               bytes head not None, bytes prefix not None):
+               bytes head not None, bytes prefix not None, bint log_body=False):
         """None (take the general path) or (response bytes, scores float64 in input order, order int64
-        of the returned candidates) for the body `scan` just accepted.
+        of the returned candidates) for the body `scan` just accepted; with `log_body`, a fourth item:
+        the part of the body the prediction log needs (see `_log_body`).
 
         `head` is the response up to and including `"candidates":[`; `prefix` the request's 28-digit
         tracking-id prefix (ASCII). None when this thread's scan is not the latest one (another
@@ -831,9 +844,52 @@ cdef class FastPath:
             op = <int64_t*>cnp.PyArray_DATA(order)
             for i in range(k):
                 op[i] = self.order[i]
+            if log_body:
+                return out, scores, order, self._log_body(body)
             return out, scores, order
         finally:
             self.busy = False
+
+    cdef bytes _log_body(self, bytes body):
+        """`{"candidates":[{"id":..,"passthrough":..},..],"passthrough":..}`, the values copied verbatim
+        from `body`: what the log writer decodes (logging_sink.request_from_body) instead of the
+        whole body, whose bulk (every candidate's fields) the log does not keep. About a fifth of the
+        bytes to copy into the log's ring and to parse in the writer; being the body's own JSON
+        text, it decodes to exactly the values the whole body would."""
+        cdef const char* src = PyBytes_AS_STRING(body)
+        cdef Py_ssize_t c, size = 17 + max(self.n_cands - 1, 0), w
+        cdef Cand* a
+        cdef char* dst
+        for c in range(self.n_cands):
+            a = &self.cands[c]
+            size += 7 + (a.id1 - a.id0) + (15 + a.pt1 - a.pt0 if a.pt0 >= 0 else 0)
+        if self.pt0 >= 0:
+            size += 15 + self.pt1 - self.pt0
+        out = PyBytes_FromStringAndSize(NULL, size)
+        dst = PyBytes_AS_STRING(out)
+        w = _put(dst, b'{"candidates":[', 15)
+        for c in range(self.n_cands):
+            a = &self.cands[c]
+            if c:
+                dst[w] = 44
+                w += 1
+            w += _put(dst + w, b'{"id":', 6)
+            w += _put(dst + w, src + a.id0, a.id1 - a.id0)
+            if a.pt0 >= 0:
+                w += _put(dst + w, b',"passthrough":', 15)
+                w += _put(dst + w, src + a.pt0, a.pt1 - a.pt0)
+            dst[w] = 125
+            w += 1
+        dst[w] = 93
+        w += 1
+        if self.pt0 >= 0:
+            w += _put(dst + w, b',"passthrough":', 15)
+            w += _put(dst + w, src + self.pt0, self.pt1 - self.pt0)
+        dst[w] = 125
+        w += 1
+        if w != size:
+            raise AssertionError(f"log body of {w} bytes, {size} expected")
+        return out
 
     cdef bint _resolve_names(self, RequestEncoder enc) except -1:
         """raw = the context's known fields (raw_off[0] of them), then each candidate's, candidate c's

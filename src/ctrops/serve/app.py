@@ -199,14 +199,16 @@ class PredictionService:
                 self._head_tails.clear()
             tail = self._head_tails[key] = _head_tail(experiment, arm.name, version).encode()
         head = b'{"request_id":' + _encode_str(request_id).encode() + tail
-        done = fast.finish(body, encoder, predictor.candidate_model, head, prefix.encode())
+        logged = self.log is not None
+        done = fast.finish(body, encoder, predictor.candidate_model, head, prefix.encode(), logged)
         if done is None:
             return None
-        out, scores, order = done
+        out, scores, order = done[0], done[1], done[2]
         self._count(arm.name, len(scores))
-        if self.log is not None:
+        if logged:
+            # the ids and passthrough objects of the body, not its fields: what the writer decodes
             self._submit_request(now_ms, request_id, unit_id, experiment, arm.name, self.loader.store.model_name,
-                                 version, prefix, body, scores, order)
+                                 version, prefix, done[3], scores, order)
         return out
 
     def _count(self, arm: str, n: int) -> None:

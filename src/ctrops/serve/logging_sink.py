@@ -200,9 +200,11 @@ class PredictionLog:
         passthrough objects (a native request path): the writer decodes the
         candidates' ids and passthrough objects and the request's passthrough
         from `body` off the request path. The body must be the one the server
-        validated; a body that does not decode to as many candidates as
-        `scores` is counted as a write error and its records as dropped. The
-        records are the same as `submit` would write.
+        validated, or its log part (the server's fast path hands over just
+        `{"candidates":[{"id":..,"passthrough":..},..],"passthrough":..}`,
+        copied verbatim from the body); one that does not decode to as many
+        candidates as `scores` is counted as a write error and its records as
+        dropped. The records are the same as `submit` would write.
         """
         if not self._admit(len(order)):
             return False
