@@ -1,8 +1,8 @@
 """The prediction log: one record per returned candidate, written off the request path.
 
 This is the writer itself, run as a thread: by in-process users and tests
-directly, and by `ctrops serve` inside a writer process of its own per worker
-(log_process.py, log_writer.py; `log.writer: thread` keeps it in the worker).
+directly, and by `ctrops serve` inside one writer process for the whole server
+(log_process.py, log_writer.py; `log.writer: thread` keeps it in each worker).
 
 The request thread hands the writer one compact tuple per request (the
 arrays and lists it already holds: ids, scores, ranking order, tracking-id
@@ -68,7 +68,7 @@ class LogConfig:
     debug_every: int = 1000           # every n-th request also logs features and weights; 0 = never
     storage_options: dict | None = None
     compression: str = "zstd"         # Parquet codec: zstd, lz4, snappy, gzip or none
-    writer: str = "process"           # `ctrops serve`: "process" (a writer process per worker) or "thread"
+    writer: str = "process"           # `ctrops serve`: "process" (one writer process per server) or "thread"
     ring_bytes: int = 16 << 20        # process writer: shared-memory hand-off per worker (a full ring drops)
 
     def __post_init__(self) -> None:
