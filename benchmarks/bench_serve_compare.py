@@ -12,9 +12,11 @@ the server's CPU per request (its whole process tree) and wrk's own CPU per requ
 Closed-loop p99 at saturation is mostly queueing (connections / throughput), so
 its ratio between two servers is close to their throughput ratio. The latency a
 user sees when swapping one server for another is the latency *at the same
-traffic*: a second phase offers each baseline's traffic (`--paced-share` of its
-measured throughput, default 80%) on a fixed schedule (open loop, latency from
-the scheduled send time) to that baseline and to ctrops, and reports both p99s.
+traffic*: a second phase offers the FastAPI baseline's traffic (`--paced-share`
+of its measured throughput, default 80%) on a fixed schedule (open loop,
+latency from the scheduled send time) to it and to ctrops, and reports both
+p99s. (mlflow's answers do not echo the request_id the paced client times
+requests by, so it has no such phase.)
 Set CTROPS_BENCH_LOCK=/tmp/ctrops-bench.lock on a shared machine: each run then holds it.
 
     .venv/bin/python benchmarks/bench_serve_compare.py [--quick] [--duration 20] [--connections 16] [--paced-share 0.8]
@@ -119,7 +121,8 @@ def main() -> None:
         else:
             try:
                 results["mlflow"] = measure(s, ml_bodies, "/invocations", duration, args.connections, repeats)
-                paced_rates["mlflow"] = paced(s, ml_bodies, "/invocations", results["mlflow"], args)
+                # no same-traffic phase: the paced client needs the request_id echoed at the head of each
+                # answer to time it from its schedule, and mlflow's DataFrame answers carry none
             finally:
                 s.stop()
 

@@ -116,3 +116,26 @@ cdef class RequestEncoder:
     cdef int score_raw(self, const RawValue* ctx, Py_ssize_t n_ctx, const RawValue* ents,
                        const int64_t* cand_off, Py_ssize_t n_c, CandidateModel model,
                        double* out) except -1
+
+
+# shared with ctrops.serve._fastpath (tracking ids, integer ids): defined here so both inline it
+cdef inline int fmt_i64(char* out, int64_t v) noexcept nogil:
+    """Decimal digits of v (like Python's str(int)); returns the length."""
+    cdef char tmp[24]
+    cdef int n = 0, i = 0, j
+    cdef uint64_t u
+    if v < 0:
+        out[0] = 45  # '-'
+        i = 1
+        u = <uint64_t>(-(v + 1)) + 1
+    else:
+        u = <uint64_t>v
+    while True:
+        tmp[n] = <char>(48 + u % 10)
+        n += 1
+        u //= 10
+        if u == 0:
+            break
+    for j in range(n):
+        out[i + j] = tmp[n - 1 - j]
+    return i + n

@@ -73,28 +73,6 @@ cdef inline uint64_t stored(uint64_t k) noexcept nogil:
     return k if k != 0 else 1
 
 
-cdef inline int fmt_i64(char* out, int64_t v) noexcept nogil:
-    """Decimal digits of v (like Python's str(int)); returns the length."""
-    cdef char tmp[24]
-    cdef int n = 0, i = 0, j
-    cdef uint64_t u
-    if v < 0:
-        out[0] = 45  # '-'
-        i = 1
-        u = <uint64_t>(-(v + 1)) + 1
-    else:
-        u = <uint64_t>v
-    while True:
-        tmp[n] = <char>(48 + u % 10)
-        n += 1
-        u //= 10
-        if u == 0:
-            break
-    for j in range(n):
-        out[i + j] = tmp[n - 1 - j]
-    return i + n
-
-
 cdef inline int log2bin_token(char* out, double v) noexcept nogil:
     """The log2bin token of a finite v: "~" + floor(log(v)**2) if v > 2, else int(v)."""
     cdef double l

@@ -78,6 +78,19 @@ static inline int ctr_ones(const float* x, Py_ssize_t n) {
     return 1;
 }
 
+/* While feature a of a row is updated, request the weight rows of the next row's feature a (and,
+   at the row's last feature, of all its remaining ones): spread over the update, the next row's
+   weights arrive by the time its forward pass reads them. */
+static inline void ctr_prefetch_next_row(const float* W, Py_ssize_t sj, const int32_t* j_next,
+                                         Py_ssize_t n_next, Py_ssize_t a, Py_ssize_t n) {
+    const Py_ssize_t row_bytes = sj * (Py_ssize_t)sizeof(float);
+    const Py_ssize_t last = a == n - 1 ? n_next : (a < n_next ? a + 1 : a);
+    for (Py_ssize_t c = a; c < last; c++) {
+        const char* p = (const char*)(W + (Py_ssize_t)j_next[c] * sj);
+        for (Py_ssize_t off = 0; off < row_bytes; off += 64) _mm_prefetch(p + off, _MM_HINT_T0);
+    }
+}
+
 /* Rows up to this long may take the table-driven loops below (their per-row tables live on the stack). */
 #define CTR_FAST_ROW_MAX 128
 
@@ -199,19 +212,9 @@ CTR_AVX2 static void ctr_ffm_update4_fast(const int32_t* f, const int32_t* j, Py
     }
     const __m256 vlam = _mm256_set1_ps(lam), veta = _mm256_set1_ps(eta), v = _mm256_set1_ps(kr);
     const __m128 vlam4 = _mm_set1_ps(lam), veta4 = _mm_set1_ps(eta), v4 = _mm_set1_ps(kr);
-    const Py_ssize_t row_bytes = sj * (Py_ssize_t)sizeof(float);
     for (Py_ssize_t a = 0; a < n; a++) {
         float* const wa = span[a];
-        if (a < n_next) {
-            const char* p = (const char*)(W + (Py_ssize_t)j_next[a] * sj);
-            for (Py_ssize_t off = 0; off < row_bytes; off += 64) _mm_prefetch(p + off, _MM_HINT_T0);
-        }
-        if (a == n - 1) {
-            for (Py_ssize_t c = n; c < n_next; c++) {
-                const char* p = (const char*)(W + (Py_ssize_t)j_next[c] * sj);
-                for (Py_ssize_t off = 0; off < row_bytes; off += 64) _mm_prefetch(p + off, _MM_HINT_T0);
-            }
-        }
+        ctr_prefetch_next_row(W, sj, j_next, n_next, a, n);
         const Py_ssize_t fa = foff[a];
         Py_ssize_t b = a + 1;
         for (; b + 1 < n; b += 2) {
@@ -251,20 +254,10 @@ CTR_AVX2 static void ctr_ffm_update4_avx2(const int32_t* f, const int32_t* j, co
     }
     const __m256 vlam = _mm256_set1_ps(lam), veta = _mm256_set1_ps(eta), vkr = _mm256_set1_ps(kr);
     const __m128 vlam4 = _mm_set1_ps(lam), veta4 = _mm_set1_ps(eta);
-    const Py_ssize_t row_bytes = sj * (Py_ssize_t)sizeof(float);
     for (Py_ssize_t a = 0; a < n; a++) {
         float* wa = W + (Py_ssize_t)j[a] * sj;
         /* spread the next row's prefetches over this row's work */
-        if (a < n_next) {
-            const char* p = (const char*)(W + (Py_ssize_t)j_next[a] * sj);
-            for (Py_ssize_t off = 0; off < row_bytes; off += 64) _mm_prefetch(p + off, _MM_HINT_T0);
-        }
-        if (a == n - 1) {
-            for (Py_ssize_t c = n; c < n_next; c++) {
-                const char* p = (const char*)(W + (Py_ssize_t)j_next[c] * sj);
-                for (Py_ssize_t off = 0; off < row_bytes; off += 64) _mm_prefetch(p + off, _MM_HINT_T0);
-            }
-        }
+        ctr_prefetch_next_row(W, sj, j_next, n_next, a, n);
         const Py_ssize_t fa = (Py_ssize_t)f[a] * sf;
         const float xa = x[a];
         Py_ssize_t b = a + 1;

@@ -33,7 +33,7 @@ from libc.stdlib cimport free, malloc, realloc, strtod
 from libc.string cimport memcmp, memcpy
 cimport numpy as cnp
 
-from ctrops.data._parse cimport RAW_FLOAT, RAW_INT, RAW_NULL, RAW_STR, RawValue, RequestEncoder
+from ctrops.data._parse cimport RAW_FLOAT, RAW_INT, RAW_NULL, RAW_STR, RawValue, RequestEncoder, fmt_i64
 from ctrops.models._ffm cimport CandidateModel
 
 cnp.import_array()
@@ -382,28 +382,6 @@ cdef inline bint _integer(Scan* s, int64_t* out) noexcept nogil:
 cdef inline Py_ssize_t _put(char* out, const char* s, Py_ssize_t n) noexcept nogil:
     memcpy(out, s, n)
     return n
-
-
-cdef inline int _fmt_i64(char* out, int64_t v) noexcept nogil:
-    """Decimal digits of v (Python's str(int))."""
-    cdef char tmp[24]
-    cdef int n = 0, i = 0, j
-    cdef uint64_t u
-    if v < 0:
-        out[0] = 45
-        i = 1
-        u = <uint64_t>(-(v + 1)) + 1
-    else:
-        u = <uint64_t>v
-    while True:
-        tmp[n] = <char>(48 + u % 10)
-        n += 1
-        u //= 10
-        if u == 0:
-            break
-    for j in range(n):
-        out[i + j] = tmp[n - 1 - j]
-    return i + n
 
 
 cdef inline Py_ssize_t _u_escape(char* out, uint32_t u) noexcept nogil:
@@ -998,7 +976,7 @@ cdef class FastPath:
                     w += 1
                 w += _put(o + w, '{"id":', 6)
                 if c.id_is_int:
-                    w += _fmt_i64(o + w, c.id_int)
+                    w += fmt_i64(o + w, c.id_int)
                 else:
                     w += _json_str(o + w, &c.id_str)
                 v = self.nano[i]
@@ -1011,7 +989,7 @@ cdef class FastPath:
                         v //= 10
                     w += 9
                 w += _put(o + w, ',"rank":', 8)
-                w += _fmt_i64(o + w, i + 1)
+                w += fmt_i64(o + w, i + 1)
                 w += _put(o + w, ',"tracking_id":"', 16)
                 w += _put(o + w, pre, 28)
                 o[w] = HEX[(j >> 12) & 15]
