@@ -99,15 +99,10 @@ def main() -> None:
     n_features = 50_000 if args.quick else 1_000_000
     n, rounds = (300, 2) if args.quick else (args.requests, args.rounds)
 
-    from ctrops.experiments.assign import Assigner
-    from ctrops.experiments.definition import ExperimentDefinition
     from ctrops.predict import Predictor
     from ctrops.serve.app import PredictionService
-    from ctrops.serve.config import ServingConfig
-    from ctrops.serve.loader import ArmModel, ModelStore, ServingLoader, ServingState
     from ctrops.serve.log_process import ProcessPredictionLog
     from ctrops.serve.logging_sink import PredictionLog
-    from ctrops.serve.metrics import ServerMetrics
 
     model_path = w.build_model(n_features)
     predictor = Predictor.from_file(model_path)
@@ -117,12 +112,7 @@ def main() -> None:
 
     result: dict = {"model": model_path.name, "requests_per_round": n, "rounds": rounds, "rate": args.rate}
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = ServingConfig.from_dict({"model": {"storage": tmp, "name": "ctr", "poll_seconds": 0},
-                                       "log": {"path": f"{tmp}/logs", "format": "parquet"}}, source="bench")
-        d = ExperimentDefinition.single("production")
-        loader = ServingLoader(ModelStore(tmp, "ctr", cache_dir=tmp), lambda: d)
-        loader.state = ServingState(d, Assigner(d), {"production": ArmModel(d.arms[0], predictor, 1)}, "x")
-        metrics = ServerMetrics()
+        cfg, loader, metrics = w.inprocess_serving(tmp, predictor)
         thread_log = PredictionLog(cfg.log, metrics).start()
         process_log = ProcessPredictionLog(cfg.log, metrics).start()
         services = {"no log": PredictionService(cfg, loader, metrics, None),

@@ -52,12 +52,7 @@ def main() -> None:
     from baselines.fastapi_server import NumpyFFM, PredictRequest, PredictResponse, ScoredCandidate
     from ctrops.predict import Predictor
     from ctrops.serve.app import PredictionService
-    from ctrops.serve.config import ServingConfig
-    from ctrops.serve.loader import ArmModel, ModelStore, ServingLoader, ServingState
     from ctrops.serve.logging_sink import PredictionLog
-    from ctrops.serve.metrics import ServerMetrics
-    from ctrops.experiments.assign import Assigner
-    from ctrops.experiments.definition import ExperimentDefinition
 
     model_path = w.build_model(n_features)
     predictor = Predictor.from_file(model_path)
@@ -73,12 +68,7 @@ def main() -> None:
     results["score_baseline"] = timed(lambda i: baseline.score(ctx[i % m], cands[i % m]), n // 4, repeats)
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = ServingConfig.from_dict({"model": {"storage": tmp, "name": "ctr", "poll_seconds": 0},
-                                       "log": {"path": f"{tmp}/logs", "format": "parquet"}}, source="bench")
-        d = ExperimentDefinition.single("production")
-        loader = ServingLoader(ModelStore(tmp, "ctr", cache_dir=tmp), lambda: d)
-        loader.state = ServingState(d, Assigner(d), {"production": ArmModel(d.arms[0], predictor, 1)}, "x")
-        metrics = ServerMetrics()
+        cfg, loader, metrics = w.inprocess_serving(tmp, predictor)
         plog = PredictionLog(cfg.log, metrics).start()
         service = PredictionService(cfg, loader, metrics, plog)
         status, _ = service.handle(bodies[0])

@@ -224,6 +224,23 @@ def ctrops_config(storage: Path, port: int, workers: int, runtime: str, log_dir:
     return path
 
 
+def inprocess_serving(tmp: str, predictor) -> tuple:
+    """(config with a Parquet log under `tmp`, a loader already serving `predictor` as the single
+    production arm, fresh metrics): the server's request path without HTTP, for in-process benchmarks."""
+    from ctrops.experiments.assign import Assigner
+    from ctrops.experiments.definition import ExperimentDefinition
+    from ctrops.serve.config import ServingConfig
+    from ctrops.serve.loader import ArmModel, ModelStore, ServingLoader, ServingState
+    from ctrops.serve.metrics import ServerMetrics
+
+    cfg = ServingConfig.from_dict({"model": {"storage": tmp, "name": MODEL_NAME, "poll_seconds": 0},
+                                   "log": {"path": f"{tmp}/logs", "format": "parquet"}}, source="bench")
+    d = ExperimentDefinition.single("production")
+    loader = ServingLoader(ModelStore(tmp, MODEL_NAME, cache_dir=tmp), lambda: d)
+    loader.state = ServingState(d, Assigner(d), {"production": ArmModel(d.arms[0], predictor, 1)}, "x")
+    return cfg, loader, ServerMetrics()
+
+
 def start_ctrops(storage: Path, workers: int = 2, runtime: str = "granian", log_dir: Path | None = None,
                  poll_seconds: float = 0, interface: str = "rsgi", log_writer: str = "process") -> Server:
     port = free_port()
