@@ -194,6 +194,34 @@ static inline int ctr_all_distinct(const int32_t* v, Py_ssize_t n) {
     return 1;
 }
 
+/* Two pairs' AdaGrad steps at once, blocks p1b/p2b and p1c/p2c (all four distinct), v their
+   kr * x_a * x_b (lanes 0-3 the first pair's, 4-7 the second's). */
+CTR_AVX2 static inline void ctr_two_pairs_step4(float* p1b, float* p1c, float* p2b, float* p2c, __m256 v,
+                                                __m256 vlam, __m256 veta, float l1) {
+    const __m256 A1 = _mm256_loadu_ps(p1b), C1 = _mm256_loadu_ps(p1c);
+    const __m256 A2 = _mm256_loadu_ps(p2b), C2 = _mm256_loadu_ps(p2c);
+    __m256 W1 = _mm256_permute2f128_ps(A1, C1, 0x20), G1 = _mm256_permute2f128_ps(A1, C1, 0x31);
+    __m256 W2 = _mm256_permute2f128_ps(A2, C2, 0x20), G2 = _mm256_permute2f128_ps(A2, C2, 0x31);
+    const __m256 g1 = _mm256_fmadd_ps(v, W2, _mm256_mul_ps(vlam, W1));
+    const __m256 g2 = _mm256_fmadd_ps(v, W1, _mm256_mul_ps(vlam, W2));
+    G1 = _mm256_fmadd_ps(g1, g1, G1);
+    G2 = _mm256_fmadd_ps(g2, g2, G2);
+    const __m256 s1 = _mm256_mul_ps(veta, _mm256_rsqrt_ps(G1));
+    const __m256 s2 = _mm256_mul_ps(veta, _mm256_rsqrt_ps(G2));
+    W1 = _mm256_fnmadd_ps(s1, g1, W1);
+    W2 = _mm256_fnmadd_ps(s2, g2, W2);
+    if (l1 > 0.0f) {
+        const __m256 vl1 = _mm256_set1_ps(l1);
+        W1 = ctr_shrink256(W1, _mm256_mul_ps(s1, vl1));
+        W2 = ctr_shrink256(W2, _mm256_mul_ps(s2, vl1));
+    }
+    /* stores in the SSE kernel's order, so a pair whose two blocks coincide ends the same */
+    _mm256_storeu_ps(p1b, _mm256_permute2f128_ps(W1, G1, 0x20));
+    _mm256_storeu_ps(p2b, _mm256_permute2f128_ps(W2, G2, 0x20));
+    _mm256_storeu_ps(p1c, _mm256_permute2f128_ps(W1, G1, 0x31));
+    _mm256_storeu_ps(p2c, _mm256_permute2f128_ps(W2, G2, 0x31));
+}
+
 /* The usual Criteo row: all values 1, no L1 step, every feature and every field distinct. Then no
    two pairs of the row can touch one block (W[j_a, f_b] = W[j_c, f_d] needs j_a = j_c, i.e. a = c,
    and then f_b = f_d, i.e. b = d), so pairs go two by two with no alias test, no value products and
@@ -222,20 +250,7 @@ CTR_AVX2 static void ctr_ffm_update4_fast(const int32_t* f, const int32_t* j, Py
             float* const p1c = wa + foff[b + 1];
             float* const p2b = span[b] + fa;
             float* const p2c = span[b + 1] + fa;
-            const __m256 A1 = _mm256_loadu_ps(p1b), C1 = _mm256_loadu_ps(p1c);
-            const __m256 A2 = _mm256_loadu_ps(p2b), C2 = _mm256_loadu_ps(p2c);
-            __m256 W1 = _mm256_permute2f128_ps(A1, C1, 0x20), G1 = _mm256_permute2f128_ps(A1, C1, 0x31);
-            __m256 W2 = _mm256_permute2f128_ps(A2, C2, 0x20), G2 = _mm256_permute2f128_ps(A2, C2, 0x31);
-            const __m256 g1 = _mm256_fmadd_ps(v, W2, _mm256_mul_ps(vlam, W1));
-            const __m256 g2 = _mm256_fmadd_ps(v, W1, _mm256_mul_ps(vlam, W2));
-            G1 = _mm256_fmadd_ps(g1, g1, G1);
-            G2 = _mm256_fmadd_ps(g2, g2, G2);
-            W1 = _mm256_fnmadd_ps(_mm256_mul_ps(veta, _mm256_rsqrt_ps(G1)), g1, W1);
-            W2 = _mm256_fnmadd_ps(_mm256_mul_ps(veta, _mm256_rsqrt_ps(G2)), g2, W2);
-            _mm256_storeu_ps(p1b, _mm256_permute2f128_ps(W1, G1, 0x20));
-            _mm256_storeu_ps(p2b, _mm256_permute2f128_ps(W2, G2, 0x20));
-            _mm256_storeu_ps(p1c, _mm256_permute2f128_ps(W1, G1, 0x31));
-            _mm256_storeu_ps(p2c, _mm256_permute2f128_ps(W2, G2, 0x31));
+            ctr_two_pairs_step4(p1b, p1c, p2b, p2c, v, vlam, veta, 0.0f);
         }
         if (b < n) ctr_pair_step4(wa + foff[b], span[b] + fa, v4, vlam4, veta4, 0.0f);
     }
@@ -274,29 +289,8 @@ CTR_AVX2 static void ctr_ffm_update4_avx2(const int32_t* f, const int32_t* j, co
                 ctr_pair_step4(p1c, p2c, _mm_set1_ps(vc), vlam4, veta4, l1);
                 continue;
             }
-            const __m256 A1 = _mm256_loadu_ps(p1b), C1 = _mm256_loadu_ps(p1c);
-            const __m256 A2 = _mm256_loadu_ps(p2b), C2 = _mm256_loadu_ps(p2c);
-            __m256 W1 = _mm256_permute2f128_ps(A1, C1, 0x20), G1 = _mm256_permute2f128_ps(A1, C1, 0x31);
-            __m256 W2 = _mm256_permute2f128_ps(A2, C2, 0x20), G2 = _mm256_permute2f128_ps(A2, C2, 0x31);
             const __m256 v = ones ? vkr : _mm256_setr_m128(_mm_set1_ps(vb), _mm_set1_ps(vc));
-            const __m256 g1 = _mm256_fmadd_ps(v, W2, _mm256_mul_ps(vlam, W1));
-            const __m256 g2 = _mm256_fmadd_ps(v, W1, _mm256_mul_ps(vlam, W2));
-            G1 = _mm256_fmadd_ps(g1, g1, G1);
-            G2 = _mm256_fmadd_ps(g2, g2, G2);
-            const __m256 s1 = _mm256_mul_ps(veta, _mm256_rsqrt_ps(G1));
-            const __m256 s2 = _mm256_mul_ps(veta, _mm256_rsqrt_ps(G2));
-            W1 = _mm256_fnmadd_ps(s1, g1, W1);
-            W2 = _mm256_fnmadd_ps(s2, g2, W2);
-            if (l1 > 0.0f) {
-                const __m256 vl1 = _mm256_set1_ps(l1);
-                W1 = ctr_shrink256(W1, _mm256_mul_ps(s1, vl1));
-                W2 = ctr_shrink256(W2, _mm256_mul_ps(s2, vl1));
-            }
-            /* stores in the SSE kernel's order, so a pair whose two blocks coincide ends the same */
-            _mm256_storeu_ps(p1b, _mm256_permute2f128_ps(W1, G1, 0x20));
-            _mm256_storeu_ps(p2b, _mm256_permute2f128_ps(W2, G2, 0x20));
-            _mm256_storeu_ps(p1c, _mm256_permute2f128_ps(W1, G1, 0x31));
-            _mm256_storeu_ps(p2c, _mm256_permute2f128_ps(W2, G2, 0x31));
+            ctr_two_pairs_step4(p1b, p1c, p2b, p2c, v, vlam, veta, l1);
         }
         for (; b < n; b++) {
             float* p1 = wa + (Py_ssize_t)f[b] * sf;

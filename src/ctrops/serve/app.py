@@ -129,8 +129,8 @@ class PredictionService:
         self.requests = 0
         self._arm_counters: dict[str, Any] = {}
         # The native fast path (None: every request takes the general path). It logs through
-        # submit_request (the writer re-reads ids and passthrough from the body), so a log without
-        # that method keeps requests on the general path.
+        # submit_request (the writer decodes ids and passthrough from the body's log part), so a log
+        # without that method keeps requests on the general path.
         # CTROPS_FAST_PATH=0 turns it off (benchmarks compare the two paths in one run).
         self._submit_request = getattr(prediction_log, "submit_request", None)
         usable = (FastPath is not None and os.environ.get("CTROPS_FAST_PATH", "1") != "0"
