@@ -26,7 +26,7 @@ from ctrops.serve.log_records import LISTS_JSON, decode_entry, encode_lists
 from ctrops.serve.logging_sink import LogConfig
 from ctrops.serve.metrics import ServerMetrics
 from serve_support import HashScorer, injected_loader, make_config, request_body
-from test_serve_log import ARMS, body_of, entry, expected_records, read_jsonl, varied_entries
+from test_serve_log import ARMS, body_of, columns_of, entry, expected_records, read_jsonl, varied_entries
 
 pytestmark = pytest.mark.skipif(not lr.supported(), reason="the ring needs Linux memfd and x86-64")
 
@@ -103,8 +103,12 @@ def test_bad_writer_settings():
 # ---- the writer process ------------------------------------------------------------------------------
 
 def submit_both_ways(sink, entries) -> None:
+    """Every way a worker hands a request over: lists, the raw body, the fast path's log columns."""
     for i, e in enumerate(entries):
-        if i % 2:
+        columns = columns_of(e)
+        if i % 3 == 2 and columns is not None:
+            assert sink.submit_columns(*e[:8], columns, e.scores, e.order)
+        elif i % 3 == 1:
             assert sink.submit(e)
         else:
             assert sink.submit_request(*e[:8], body_of(e), e.scores, e.order)

@@ -355,6 +355,93 @@ def test_the_log_body_holds_exactly_the_ids_and_passthrough_of_the_body(service,
                                     **({"passthrough": doc["passthrough"]} if "passthrough" in doc else {})}
 
 
+plain_text = st.text(st.characters(blacklist_categories=("Cs", "Cc")), max_size=6)  # JSON without escapes
+column_values = {"int": st.integers(-10**17, 10**17), "float": st.floats(allow_nan=False, allow_infinity=False),
+                 "str": plain_text, "bool": st.booleans()}
+column_values["num"] = st.one_of(column_values["int"], column_values["float"])
+
+
+@st.composite
+def shaped_passthrough(draw, n: int) -> list:
+    """n candidates' passthrough objects, mostly of one shape (same keys, one kind per key), sometimes
+    broken in one candidate: keys in another order (still a shape), a key missing, an extra key, a
+    null, a value of another kind, no object."""
+    keys = draw(st.lists(plain_text.filter(bool), min_size=1, max_size=2, unique=True))
+    kinds = [draw(st.sampled_from(sorted(column_values))) for _ in keys]
+    objs = [{k: draw(column_values[kind]) for k, kind in zip(keys, kinds)} for _ in range(n)]
+    change = draw(st.sampled_from(["none", "none", "reorder", "drop", "extra", "null", "kind", "absent", "empty"]))
+    victim = objs[draw(st.integers(0, n - 1))]
+    if change == "reorder":
+        items = list(victim.items())[::-1]
+        victim.clear()
+        victim.update(items)
+    elif change == "drop":
+        victim.pop(keys[0])
+    elif change == "extra" and len(keys) == 1:
+        victim[keys[0] + "x"] = 1
+    elif change == "null":
+        victim[keys[0]] = None
+    elif change == "kind":
+        victim[keys[0]] = draw(st.one_of(*column_values.values()))
+    elif change == "empty":
+        victim.clear()
+    if change == "absent":
+        objs[objs.index(victim)] = "absent"
+    return objs
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data(), raw=valid_body(), req_pt=st.one_of(st.just("absent"), passthrough_objects),
+       every=st.sampled_from(["shaped", "none", "null", "mixed"]))
+def test_the_log_columns_give_the_records_of_the_whole_body(service, data, raw, req_pt, every):
+    """Where the fast path hands the log columns instead of the body's log part, the writer builds
+    from them exactly the table (records, types) it builds from the whole body; it hands columns
+    exactly when the passthrough objects have the shape `compact_objects` turns into columns."""
+    from ctrops.serve.logging_sink import (PassthroughColumns, RawRequestLog, _decode_body, build_table,
+                                           compact_objects, request_from_body, request_from_columns)
+
+    doc = json.loads(raw)
+    cands = doc["candidates"]
+    pts = {"shaped": lambda: data.draw(shaped_passthrough(len(cands))), "none": lambda: ["absent"] * len(cands),
+           "null": lambda: [None] * len(cands), "mixed": lambda: [None] + [{"a": 1}] * (len(cands) - 1)}[every]()
+    for c, pt in zip(cands, pts):
+        if pt != "absent":
+            c["passthrough"] = pt
+    if req_pt != "absent":
+        doc["passthrough"] = req_pt
+    raw = json.dumps(doc, ensure_ascii=False).encode()
+    assume(service.fast.scan(raw) is not None)
+    predictor = service.loader.state.arms["production"].predictor
+    done = service.fast.finish(raw, predictor.request_encoder, predictor.candidate_model,
+                               b'{"request_id":"r","candidates":[', PREFIX.encode(), 2)
+    assume(done is not None)
+    shaped = compact_objects([c.passthrough for c in _decode_body(raw).candidates])
+    columns = type(done[3]) is tuple
+    event(f"columns: {columns}")
+    assert columns == (shaped is None or type(shaped) is PassthroughColumns), (raw, done[3])
+    if not columns:
+        return
+    head = (1700000000000, "r", "u", "exp", "production", "m", 4, PREFIX)
+    got = build_table([request_from_columns(head, done[3], done[1], done[2])])
+    want = build_table([request_from_body(RawRequestLog(*head, raw, done[1], done[2]))])
+    assert got.schema == want.schema and got.to_pylist() == want.to_pylist()
+
+
+def test_log_columns_that_do_not_fit_their_scores_are_refused():
+    """A payload whose parts disagree (a writer must count it, not write wrong records) is a ValueError."""
+    from ctrops.serve.logging_sink import request_from_columns
+
+    head = (1, "r", "u", "e", "a", "m", 1, PREFIX)
+    scores, order = np.array([0.5, 0.25]), np.array([0, 1])
+    ok = (b"a\x00b", ("bid",), b"f", (np.array([1.0, 2.0]).tobytes(),), b'{"k":1}')
+    assert request_from_columns(head, ok, scores, order).passthrough == {"k": 1}
+    for bad in ((b"a", *ok[1:]), (ok[0], ("bid",), b"f", (np.array([1.0]).tobytes(),), None),
+                (ok[0], ("bid", "x"), b"f", ok[3], None), (ok[0], ("bid",), b"q", ok[3], None),
+                (ok[0], ("s",), b"s", (b"only-one",), None), (*ok[:4], b"[1]")):
+        with pytest.raises(ValueError):
+            request_from_columns(head, bad, scores, order)
+
+
 def test_the_log_gets_the_same_records_from_both_paths(tmp_path):
     """The fast path logs the body, scores and order; the writer's records equal the general path's."""
     from ctrops.serve.logging_sink import LogConfig, PredictionLog
@@ -373,7 +460,7 @@ def test_the_log_gets_the_same_records_from_both_paths(tmp_path):
         else:
             assert service._predict_fast(dumps(doc)) is not None  # this body takes the fast path
         sink = PredictionLog(LogConfig(str(tmp_path / name), "jsonl", flush_seconds=0.01)).start()
-        service.log, service._submit_request = sink, sink.submit_request
+        service.use_log(sink)
         status, _ = service.handle(dumps(doc))
         assert status == 200
         sink.close()

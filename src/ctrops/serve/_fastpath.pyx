@@ -44,6 +44,8 @@ cdef enum:
     ROW_FIXED = 96              # bytes of a response row besides its id (see _render)
     # what a scanned value may be
     ALLOW_BOOL = 1
+    # a passthrough value's kind besides the RAW_* ones (`_pt_value`)
+    PT_BOOL = 4
 
 
 cdef struct Scan:
@@ -366,6 +368,37 @@ cdef bint _passthrough(Scan* s, Py_ssize_t max_keys, Py_ssize_t max_string) noex
             return True
 
 
+cdef bint _pt_value(Scan* s, RawValue* v) noexcept nogil:
+    """A passthrough value (already checked by `_passthrough`) as a RawValue; booleans as PT_BOOL
+    with i = 0 or 1."""
+    cdef Str t
+    cdef unsigned char c
+    _ws(s)
+    if s.i >= s.n:
+        return False
+    c = s.p[s.i]
+    if c == 34:
+        if not _string(s, &t):
+            return False
+        v.kind, v.s, v.n = RAW_STR, t.s, t.n
+        return True
+    if c == 116:
+        v.kind, v.i = PT_BOOL, 1
+        return _literal(s, "true", 4)
+    if c == 102:
+        v.kind, v.i = PT_BOOL, 0
+        return _literal(s, "false", 5)
+    if c == 110:
+        v.kind = RAW_NULL
+        return _literal(s, "null", 4)
+    return _number(s, v)
+
+
+cdef inline bint _skip_value(Scan* s) noexcept nogil:
+    cdef RawValue v
+    return _pt_value(s, &v)
+
+
 cdef inline bint _integer(Scan* s, int64_t* out) noexcept nogil:
     cdef RawValue v
     _ws(s)
@@ -511,6 +544,13 @@ cdef class FastPath:
     cdef uint64_t* id_slots
     cdef char* out
     cdef Py_ssize_t out_cap
+    # log columns scratch (_log_columns): the first candidate's passthrough keys, every candidate's
+    # values (n_cands x keys), which keys a candidate named, the value kinds seen per key
+    cdef Str* pt_keys
+    cdef uint8_t* pt_seen
+    cdef int* pt_bits
+    cdef RawValue* ptv
+    cdef Py_ssize_t ptv_cap
 
     def __cinit__(self, Py_ssize_t max_candidates, Py_ssize_t max_fields, Py_ssize_t max_passthrough,
                   Py_ssize_t max_string):
@@ -528,8 +568,12 @@ cdef class FastPath:
         self.pos_name = <const char**>malloc((max_fields + 1) * sizeof(const char*))
         self.pos_len = <Py_ssize_t*>malloc((max_fields + 1) * sizeof(Py_ssize_t))
         self.pos_field = <int*>malloc((max_fields + 1) * sizeof(int))
+        self.pt_keys = <Str*>malloc((max_passthrough + 1) * sizeof(Str))
+        self.pt_seen = <uint8_t*>malloc((max_passthrough + 1) * sizeof(uint8_t))
+        self.pt_bits = <int*>malloc((max_passthrough + 1) * sizeof(int))
         if (self.pos_name == NULL or self.pos_len == NULL or self.pos_field == NULL or self.cands == NULL or self.raw_off == NULL or self.order == NULL or self.tmp == NULL
-                or self.nano == NULL or self.id_slots == NULL):
+                or self.nano == NULL or self.id_slots == NULL or self.pt_keys == NULL or self.pt_seen == NULL
+                or self.pt_bits == NULL):
             raise MemoryError()
         self.body = None
         self.busy = False
@@ -549,6 +593,10 @@ cdef class FastPath:
         free(self.pos_len)
         free(self.pos_field)
         free(self.out)
+        free(self.pt_keys)
+        free(self.pt_seen)
+        free(self.pt_bits)
+        free(self.ptv)
 
     @classmethod
     def from_limits(cls, limits):
@@ -788,10 +836,12 @@ cdef class FastPath:
 
     # ---- finish --------------------------------------------------------------------------------
     def finish(self, bytes body not None, RequestEncoder encoder not None, CandidateModel model not None,
-               bytes head not None, bytes prefix not None, bint log_body=False):
+               bytes head not None, bytes prefix not None, int log_body=0):
         """None (take the general path) or (response bytes, scores float64 in input order, order int64
         of the returned candidates) for the body `scan` just accepted; with `log_body`, a fourth item:
-        the part of the body the prediction log needs (see `_log_body`).
+        what the prediction log needs of the body. With 1: the body's log part as JSON text (see
+        `_log_body`); with 2: the log columns (a tuple, see `_log_columns`) when the passthrough
+        objects have their shape, else the log part.
 
         `head` is the response up to and including `"candidates":[`; `prefix` the request's 28-digit
         tracking-id prefix (ASCII). None when this thread's scan is not the latest one (another
@@ -823,7 +873,8 @@ cdef class FastPath:
             for i in range(k):
                 op[i] = self.order[i]
             if log_body:
-                return out, scores, order, self._log_body(body)
+                part = self._log_columns(body) if log_body == 2 else None
+                return out, scores, order, part if part is not None else self._log_body(body)
             return out, scores, order
         finally:
             self.busy = False
@@ -868,6 +919,185 @@ cdef class FastPath:
         if w != size:
             raise AssertionError(f"log body of {w} bytes, {size} expected")
         return out
+
+    cdef object _log_columns(self, bytes body):
+        """The log's share of the body as columns, or None when its candidates' passthrough objects
+        are not all of one shape: (ids, keys, kinds, columns, passthrough).
+
+        ids: the candidate ids as UTF-8 text joined by NUL (integers in decimal), the form
+        `logging_sink.compact_ids` gives; keys: the passthrough keys (str) in the first candidate's
+        order, or None when no candidate sent a passthrough object (absent or null); kinds: one
+        byte per key, b"f" float64, b"i" int64, b"b" bool (one byte each), b"s" strings (UTF-8
+        joined by NUL); columns: one bytes object per key, in input order; passthrough: the
+        request's passthrough object as JSON text, or None.
+
+        Every candidate must send an object with the same keys (any order) whose values are all
+        of one kind per key, integers and floats making a float column: exactly the objects
+        `logging_sink.compact_objects` turns into columns, so the writer builds the same records
+        from these bytes with no Python object per candidate. Strings cannot hold a NUL here: the
+        scanner takes no escapes or control characters.
+        """
+        cdef const char* src = PyBytes_AS_STRING(body)
+        cdef Py_ssize_t n = self.n_cands, nk = 0, c, j, w, size, have = 0
+        cdef Cand* a
+        cdef RawValue* v
+        cdef int bits
+        cdef char* dst
+        cdef char digits[24]
+        # ids
+        size = n - 1 if n else 0
+        for c in range(n):
+            a = &self.cands[c]
+            size += fmt_i64(digits, a.id_int) if a.id_is_int else a.id_str.n
+        ids = PyBytes_FromStringAndSize(NULL, size)
+        dst = PyBytes_AS_STRING(ids)
+        w = 0
+        for c in range(n):
+            a = &self.cands[c]
+            if c:
+                dst[w] = 0
+                w += 1
+            if a.id_is_int:
+                w += fmt_i64(dst + w, a.id_int)
+            else:
+                w += _put(dst + w, a.id_str.s, a.id_str.n)
+        # passthrough values, checked for one shape
+        for c in range(n):
+            a = &self.cands[c]
+            if a.pt0 >= 0 and src[a.pt0] != 110:  # an object, not null
+                have += 1
+        if have and have != n:
+            return None
+        if have:
+            nk = self._passthrough_values(src)
+            if nk <= 0:
+                return None
+        request_pt = PyBytes_FromStringAndSize(src + self.pt0, self.pt1 - self.pt0) if self.pt0 >= 0 else None
+        if not have:
+            return ids, None, b"", (), request_pt
+        keys = tuple([PyUnicode_DecodeUTF8(self.pt_keys[j].s, self.pt_keys[j].n, NULL) for j in range(nk)])
+        kinds = PyBytes_FromStringAndSize(NULL, nk)
+        columns = []
+        for j in range(nk):
+            bits = self.pt_bits[j]
+            if bits == 1 << RAW_STR:
+                PyBytes_AS_STRING(kinds)[j] = 115  # s
+                size = n - 1
+                for c in range(n):
+                    size += self.ptv[c * nk + j].n
+                col = PyBytes_FromStringAndSize(NULL, size)
+                dst = PyBytes_AS_STRING(col)
+                w = 0
+                for c in range(n):
+                    v = &self.ptv[c * nk + j]
+                    if c:
+                        dst[w] = 0
+                        w += 1
+                    w += _put(dst + w, v.s, v.n)
+            elif bits == 1 << PT_BOOL:
+                PyBytes_AS_STRING(kinds)[j] = 98  # b
+                col = PyBytes_FromStringAndSize(NULL, n)
+                dst = PyBytes_AS_STRING(col)
+                for c in range(n):
+                    dst[c] = <char>self.ptv[c * nk + j].i
+            elif bits == 1 << RAW_INT:
+                PyBytes_AS_STRING(kinds)[j] = 105  # i
+                col = PyBytes_FromStringAndSize(NULL, 8 * n)
+                for c in range(n):
+                    (<int64_t*>PyBytes_AS_STRING(col))[c] = self.ptv[c * nk + j].i
+            else:  # floats, or integers and floats: float64 as Python's float(int) rounds
+                PyBytes_AS_STRING(kinds)[j] = 102  # f
+                col = PyBytes_FromStringAndSize(NULL, 8 * n)
+                for c in range(n):
+                    v = &self.ptv[c * nk + j]
+                    (<double*>PyBytes_AS_STRING(col))[c] = <double>v.i if v.kind == RAW_INT else v.d
+            columns.append(col)
+        return ids, keys, kinds, tuple(columns), request_pt
+
+    cdef Py_ssize_t _passthrough_values(self, const char* src) except -2:
+        """Read every candidate's passthrough object into ptv (candidate-major, keys in the first
+        candidate's order) and the kinds seen per key into pt_bits; the number of keys, or 0 when
+        the objects differ in keys, a value is null, or a key's values mix kinds other than int
+        and float."""
+        cdef Py_ssize_t n = self.n_cands, nk = 0, c, j, m, count
+        cdef Scan s
+        cdef Str k
+        cdef RawValue* v
+        cdef RawValue* row
+        cdef Cand* a
+        cdef int more, bits
+        cdef void* grown
+        s.p = <const unsigned char*>src
+        # the first object's keys
+        a = &self.cands[0]
+        s.i, s.n = a.pt0, a.pt1
+        if not _expect(&s, 123):
+            return 0
+        _ws(&s)
+        if s.i < s.n and s.p[s.i] == 125:
+            return 0  # {}: compact_objects keeps empty objects as they are
+        while True:
+            if nk >= self.max_passthrough or not _key(&s, &self.pt_keys[nk]):
+                return 0
+            _ws(&s)
+            if not _skip_value(&s):
+                return 0
+            nk += 1
+            more = _next(&s)
+            if more < 0 or (more == 0 and s.p[s.i - 1] != 125):
+                return 0
+            if more == 0:
+                break
+        if n * nk > self.ptv_cap:
+            grown = realloc(self.ptv, n * nk * sizeof(RawValue))
+            if grown == NULL:
+                raise MemoryError()
+            self.ptv = <RawValue*>grown
+            self.ptv_cap = n * nk
+        for j in range(nk):
+            self.pt_bits[j] = 0
+        for c in range(n):
+            a = &self.cands[c]
+            s.i, s.n = a.pt0, a.pt1
+            row = self.ptv + c * nk
+            for j in range(nk):
+                self.pt_seen[j] = 0
+            if not _expect(&s, 123):
+                return 0
+            count = 0
+            while True:
+                if count >= nk or not _key(&s, &k):
+                    return 0
+                j = count  # usually the first candidate's order
+                if not (self.pt_keys[j].n == k.n and _same(self.pt_keys[j].s, k.s, k.n)):
+                    j = -1
+                    for m in range(nk):
+                        if self.pt_keys[m].n == k.n and _same(self.pt_keys[m].s, k.s, k.n):
+                            j = m
+                            break
+                    if j < 0:
+                        return 0
+                if self.pt_seen[j]:
+                    return 0  # a key named twice
+                self.pt_seen[j] = 1
+                v = &row[j]
+                if not _pt_value(&s, v):
+                    return 0
+                self.pt_bits[j] |= 1 << v.kind
+                count += 1
+                more = _next(&s)
+                if more < 0 or (more == 0 and s.p[s.i - 1] != 125):
+                    return 0
+                if more == 0:
+                    break
+            if count != nk:
+                return 0
+        for j in range(nk):
+            bits = self.pt_bits[j]
+            if not (bits == 1 << RAW_STR or bits == 1 << PT_BOOL or bits == 1 << RAW_INT
+                    or bits == 1 << RAW_FLOAT or bits == (1 << RAW_INT | 1 << RAW_FLOAT)):
+                return 0
+        return nk
 
     cdef bint _resolve_names(self, RequestEncoder enc) except -1:
         """raw = the context's known fields (raw_off[0] of them), then each candidate's, candidate c's

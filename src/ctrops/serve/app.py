@@ -120,7 +120,6 @@ class PredictionService:
         self.config = config
         self.loader = loader
         self.metrics = metrics
-        self.log = prediction_log
         self.limits = config.limits
         self.parse = request_parser(config.limits)
         self.ids = TrackingIds()
@@ -129,14 +128,23 @@ class PredictionService:
         self.requests = 0
         self._arm_counters: dict[str, Any] = {}
         # The native fast path (None: every request takes the general path). It logs through
-        # submit_request (the writer decodes ids and passthrough from the body's log part), so a log
-        # without that method keeps requests on the general path.
+        # submit_columns / submit_request (never Python lists of ids), so a log without
+        # submit_request keeps requests on the general path.
         # CTROPS_FAST_PATH=0 turns it off (benchmarks compare the two paths in one run).
-        self._submit_request = getattr(prediction_log, "submit_request", None)
+        self.use_log(prediction_log)
         usable = (FastPath is not None and os.environ.get("CTROPS_FAST_PATH", "1") != "0"
                   and (prediction_log is None or self._submit_request is not None))
         self.fast = FastPath.from_limits(config.limits) if usable else None
         self._head_tails: dict[tuple, bytes] = {}
+
+    def use_log(self, prediction_log: Any) -> None:
+        """Log through `prediction_log` (None: no log). The fast path hands a log with
+        `submit_columns` the body's log columns (no Python object per candidate in the writer),
+        and the log part of the body (`submit_request`) when the passthrough has no column shape."""
+        self.log = prediction_log
+        self._submit_request = getattr(prediction_log, "submit_request", None)
+        self._submit_columns = getattr(prediction_log, "submit_columns", None)
+        self._log_mode = 0 if prediction_log is None else 2 if self._submit_columns is not None else 1
 
     def handle(self, body: bytes) -> tuple[int, bytes]:
         """Score one request body; returns (HTTP status, JSON bytes)."""
@@ -199,16 +207,16 @@ class PredictionService:
                 self._head_tails.clear()
             tail = self._head_tails[key] = _head_tail(experiment, arm.name, version).encode()
         head = b'{"request_id":' + _encode_str(request_id).encode() + tail
-        logged = self.log is not None
-        done = fast.finish(body, encoder, predictor.candidate_model, head, prefix.encode(), logged)
+        done = fast.finish(body, encoder, predictor.candidate_model, head, prefix.encode(), self._log_mode)
         if done is None:
             return None
         out, scores, order = done[0], done[1], done[2]
         self._count(arm.name, len(scores))
-        if logged:
-            # the ids and passthrough objects of the body, not its fields: what the writer decodes
-            self._submit_request(now_ms, request_id, unit_id, experiment, arm.name, self.loader.store.model_name,
-                                 version, prefix, done[3], scores, order)
+        if self._log_mode:
+            # the ids and passthrough of the body, not its fields: as columns, or as JSON text
+            submit = self._submit_columns if type(done[3]) is tuple else self._submit_request
+            submit(now_ms, request_id, unit_id, experiment, arm.name, self.loader.store.model_name, version,
+                   prefix, done[3], scores, order)
         return out
 
     def _count(self, arm: str, n: int) -> None:

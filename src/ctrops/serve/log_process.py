@@ -52,7 +52,7 @@ import numpy as np
 
 from ctrops.jsonable import to_jsonable
 from ctrops.serve import log_ring as lr
-from ctrops.serve.log_records import DEBUG, RAW, encode_lists, encode_raw
+from ctrops.serve.log_records import COLUMNS, DEBUG, RAW, encode_columns, encode_lists, encode_raw
 from ctrops.serve.logging_sink import LogConfig, RequestLog
 
 log = logging.getLogger("ctrops.serve.log")
@@ -108,6 +108,15 @@ class ProcessPredictionLog:
         head, score_bytes, order_bytes = encode_raw(ts_ms, request_id, unit_id, experiment, arm, model_name,
                                                     model_version, tracking_prefix, scores, order)
         return self._push(RAW, head, score_bytes, len(order), order_bytes, body)
+
+    def submit_columns(self, ts_ms: int, request_id: str, unit_id: str, experiment: str, arm: str,
+                       model_name: str | None, model_version: int | None, tracking_prefix: str, columns: tuple,
+                       scores: np.ndarray, order: np.ndarray) -> bool:
+        """Hand one request over with the fast path's log columns (`logging_sink.request_from_columns`);
+        never blocks. False when dropped (counted)."""
+        head, score_bytes, order_bytes = encode_columns(ts_ms, request_id, unit_id, experiment, arm, model_name,
+                                                        model_version, tracking_prefix, columns, scores, order)
+        return self._push(COLUMNS, head, score_bytes, len(order), order_bytes)
 
     def submit(self, entry: RequestLog) -> bool:
         """Hand one request over with its lists of ids and passthrough objects (dearer than

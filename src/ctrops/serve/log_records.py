@@ -1,9 +1,11 @@
 """How one logged request travels through the log ring: one msgpack payload per request.
 
 The request thread encodes what it holds in one msgspec call (strings, the
-scores and ranking as raw float64 / int64 bytes, and either the raw request
-body or the lists of ids and passthrough objects); the writer process decodes
-it back into the `RequestLog` the columnar writer takes. Raw bodies are the
+scores and ranking as raw float64 / int64 bytes, and either the fast path's
+log columns, the raw request body or the lists of ids and passthrough
+objects); the writer process decodes it back into the `RequestLog` the
+columnar writer takes. Log columns (COLUMNS) are the cheapest for the writer:
+no Python object per candidate (see `logging_sink.request_from_columns`). Raw bodies are the
 cheap case for the request thread: the arrays and the body are not encoded at
 all but copied into the ring after a small msgpack head, once each; the ids
 and passthrough objects are re-derived from the body by the writer.
@@ -18,9 +20,10 @@ import msgspec
 import numpy as np
 
 from ctrops.jsonable import to_jsonable
-from ctrops.serve.logging_sink import RawRequestLog, RequestLog, compact_ids, compact_objects, request_from_body
+from ctrops.serve.logging_sink import (RawRequestLog, RequestLog, compact_ids, compact_objects, request_from_body,
+                                      request_from_columns)
 
-RAW, LISTS, LISTS_JSON, DEBUG = 1, 2, 3, 4
+RAW, LISTS, LISTS_JSON, DEBUG, COLUMNS = 1, 2, 3, 4, 5
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder().decode
@@ -42,6 +45,18 @@ def encode_raw(ts_ms: int, request_id: str, unit_id: str, experiment: str, arm: 
     scores, order = _contiguous(scores, _F64), _contiguous(order, _I64)
     head = _encode((ts_ms, request_id, unit_id, experiment, arm, model_name, model_version, tracking_prefix,
                     len(scores), len(order)))
+    return head, scores.data.cast("B"), order.data.cast("B")
+
+
+def encode_columns(ts_ms: int, request_id: str, unit_id: str, experiment: str, arm: str, model_name: str | None,
+                   model_version: int | None, tracking_prefix: str, columns: tuple, scores: np.ndarray,
+                   order: np.ndarray) -> tuple[bytes, memoryview, memoryview]:
+    """The parts of a request logged from the fast path's log columns (kind COLUMNS): the
+    request-level fields, the array lengths and the columns' bytes (msgpack), then the scores' and
+    the ranking's bytes as views, as for RAW."""
+    scores, order = _contiguous(scores, _F64), _contiguous(order, _I64)
+    head = _encode((ts_ms, request_id, unit_id, experiment, arm, model_name, model_version, tracking_prefix,
+                    len(scores), len(order)) + tuple(columns))
     return head, scores.data.cast("B"), order.data.cast("B")
 
 
@@ -68,15 +83,19 @@ def decode_entry(kind: int, payload: bytes, split: int | None = None) -> Request
 
     ValueError when the payload or its body cannot be read.
     """
-    if kind == RAW:  # head, scores, order, body
+    if kind == RAW or kind == COLUMNS:  # head, scores, order[, body]
         view = memoryview(payload)
         f = _decode(view[:split])
+        if len(f) != (10 if kind == RAW else 15):
+            raise ValueError("a logged request whose head has the wrong number of fields")
         n_scores, n_order = f[8], f[9]
         body_at = split + 8 * (n_scores + n_order)
-        if len(f) != 10 or body_at > len(payload):
+        if body_at > len(payload) or (kind == COLUMNS and body_at != len(payload)):
             raise ValueError("a logged request whose arrays do not fit its payload")
         scores = np.frombuffer(payload, dtype=_F64, count=n_scores, offset=split)
         order = np.frombuffer(payload, dtype=_I64, count=n_order, offset=split + 8 * n_scores)
+        if kind == COLUMNS:
+            return request_from_columns(tuple(f[:8]), tuple(f[10:]), scores, order)
         return request_from_body(RawRequestLog(*f[:8], view[body_at:], scores, order))
     if kind == LISTS:
         f = _decode(payload)

@@ -216,6 +216,20 @@ class PredictionLog:
             self._wake.set()
         return True
 
+    def submit_columns(self, ts_ms: int, request_id: str, unit_id: str, experiment: str, arm: str,
+                       model_name: str | None, model_version: int | None, tracking_prefix: str, columns: tuple,
+                       scores: np.ndarray, order: np.ndarray) -> bool:
+        """Queue one request's records from the log columns of the server's fast path (see
+        `request_from_columns`); never blocks. False when the queue is full (counted, as `submit`)."""
+        if not self._admit(len(order)):
+            return False
+        entry = request_from_columns((ts_ms, request_id, unit_id, experiment, arm, model_name, model_version,
+                                      tracking_prefix), columns, scores, order)
+        self._queue.append(entry)
+        if len(self._queue) == _WAKE_REQUESTS:
+            self._wake.set()
+        return True
+
     def submit_compacted(self, entry: RequestLog) -> bool:
         """Queue a request whose ids and passthrough objects are already compacted (`request_from_body`,
         the writer process's decoder); otherwise as `submit`."""
@@ -545,6 +559,53 @@ def request_from_body(raw: RawRequestLog) -> RequestLog:
                       doc.passthrough)
 
 
+_COLUMN_DTYPES = {"f": np.dtype(np.float64), "i": np.dtype(np.int64), "b": np.dtype(bool)}
+_decode_json = msgspec.json.Decoder().decode
+
+
+def request_from_columns(head: tuple, columns: tuple, scores: np.ndarray, order: np.ndarray) -> RequestLog:
+    """The `RequestLog` (compacted as `PredictionLog.submit` does) of a request the server's fast
+    path handed over as log columns (`_fastpath.FastPath.finish`, log_body=2): `head` the
+    request-level fields 0-7 of `RequestLog`, `columns` (ids, keys, kinds, columns, passthrough),
+    all bytes. No Python object per candidate is made: ids and string columns stay joined by NUL
+    until Arrow splits them.
+
+    ValueError when the parts do not fit each other or the scores.
+    """
+    ids, keys, kinds, cols, passthrough = columns
+    n = len(scores)
+    ids = bytes(ids).decode()
+    if (ids.count(_SEP) != n - 1) if n else ids:
+        raise ValueError(f"{n} candidates scored, but the logged ids do not split into as many")
+    if not n:
+        ids = []
+    if keys is None:
+        cp = None
+    else:
+        kinds = kinds.decode() if not isinstance(kinds, str) else kinds
+        if len(keys) != len(kinds) or len(keys) != len(cols) or not keys:
+            raise ValueError("logged passthrough keys, kinds and columns differ in number")
+        arrays: list = []
+        for key, kind, col in zip(keys, kinds, cols):
+            if kind == "s":
+                text = bytes(col).decode()
+                if n and text.count(_SEP) != n - 1:
+                    raise ValueError(f"the logged passthrough column {key!r} does not hold {n} strings")
+                arrays.append(text)
+            elif kind in _COLUMN_DTYPES:
+                dtype = _COLUMN_DTYPES[kind]
+                if len(col) != n * dtype.itemsize:
+                    raise ValueError(f"the logged passthrough column {key!r} does not hold {n} values")
+                arrays.append(np.frombuffer(col, dtype=dtype))
+            else:
+                raise ValueError(f"unknown logged passthrough kind {kind!r}")
+        cp = PassthroughColumns(tuple(keys), arrays)
+    rp = None if passthrough is None else _decode_json(passthrough)
+    if rp is not None and type(rp) is not dict:
+        raise ValueError("the logged request passthrough is not an object")
+    return RequestLog(*head, ids, scores, order, cp, rp)
+
+
 # ---- memory ---------------------------------------------------------------------------------------
 
 def _trim_heap() -> None:
@@ -707,11 +768,23 @@ def _ids_array(per_request: tuple) -> Any:
     them at the separators without the GIL. Lists (integer ids, a separator
     inside an id) go through `_text_array`.
     """
+    if all(type(x) is str for x in per_request):
+        return _split_joined(per_request)
+    return _text_array(list(chain.from_iterable(x.split(_SEP) if type(x) is str else x for x in per_request)))
+
+
+def _split_joined(joined: tuple):
+    """One Arrow string column of the items of strings joined by NUL (split by Arrow, without the GIL)."""
     import pyarrow.compute as pc
 
+    return pc.split_pattern(strings_array(list(joined)), _SEP).flatten()
+
+
+def _joined_or_listed(per_request: tuple):
+    """One Arrow string column of some requests' strings, each request's a list or joined by NUL."""
     if all(type(x) is str for x in per_request):
-        return pc.split_pattern(strings_array(list(per_request)), _SEP).flatten()
-    return _text_array(list(chain.from_iterable(x.split(_SEP) if type(x) is str else x for x in per_request)))
+        return _split_joined(per_request)
+    return strings_array(list(chain.from_iterable(x.split(_SEP) if type(x) is str else x for x in per_request)))
 
 
 def compact_ids(ids: list) -> Any:
@@ -727,7 +800,8 @@ def compact_ids(ids: list) -> Any:
 
 class PassthroughColumns(NamedTuple):
     """A request's candidate passthrough objects, all with the same keys: one column per key
-    (a NumPy array for numbers and booleans, a list for strings)."""
+    (a NumPy array for numbers and booleans; for strings a list, or one str of them joined by NUL
+    as the server's fast path hands them over, see `request_from_columns`)."""
 
     keys: tuple
     columns: list
@@ -780,7 +854,7 @@ def _passthrough_chunk(items: tuple, sizes: np.ndarray) -> Any:
             children = []
             for j, kind in enumerate(kinds):
                 if kind == "str":
-                    children.append(strings_array(list(chain.from_iterable(x.columns[j] for x in items))))
+                    children.append(_joined_or_listed(tuple(x.columns[j] for x in items)))
                 else:
                     children.append(pa.array(np.concatenate([x.columns[j] for x in items])))
             return pa.StructArray.from_arrays(children, names=list(keys))
@@ -789,7 +863,8 @@ def _passthrough_chunk(items: tuple, sizes: np.ndarray) -> Any:
         if x is None:
             out.extend([None] * n)
         elif type(x) is PassthroughColumns:
-            cols = [c.tolist() if isinstance(c, np.ndarray) else c for c in x.columns]
+            cols = [c.tolist() if isinstance(c, np.ndarray) else c.split(_SEP) if type(c) is str else c
+                    for c in x.columns]
             out.extend(dict(zip(x.keys, row)) for row in zip(*cols))
         else:
             out.extend(x)
@@ -797,7 +872,7 @@ def _passthrough_chunk(items: tuple, sizes: np.ndarray) -> Any:
 
 
 def _column_kind(col: Any) -> str:
-    return "str" if isinstance(col, list) else col.dtype.str
+    return "str" if isinstance(col, (list, str)) else col.dtype.str
 
 
 _SEP = "\x00"
