@@ -98,6 +98,21 @@ def test_bad_writer_settings():
         LogConfig("/tmp/x", writer="fork")
     with pytest.raises(ConfigError, match="log.ring_bytes"):
         LogConfig("/tmp/x", ring_bytes=1000)
+    with pytest.raises(ConfigError, match="log.writer_priority"):
+        LogConfig("/tmp/x", writer_priority="high")
+
+
+@pytest.mark.parametrize("priority", ["idle", "low"])
+def test_the_writer_runs_below_the_workers(tmp_path, priority):
+    """idle: SCHED_IDLE (only CPU the workers leave); low: nice 5 under the normal policy."""
+    sink = ProcessPredictionLog(LogConfig(str(tmp_path), "jsonl", writer_priority=priority)).start()
+    try:
+        pid = sink.writer_pid
+        want = os.SCHED_IDLE if priority == "idle" else os.SCHED_OTHER
+        wait_for(lambda: os.sched_getscheduler(pid) == want and os.getpriority(os.PRIO_PROCESS, pid) == 5,
+                 what=lambda: f"policy {os.sched_getscheduler(pid)}, nice {os.getpriority(os.PRIO_PROCESS, pid)}")
+    finally:
+        sink.close()
 
 
 # ---- the writer process ------------------------------------------------------------------------------

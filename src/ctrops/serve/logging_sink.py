@@ -53,6 +53,7 @@ SCHEMA_VERSION = 1
 WRITER_NICENESS = 5
 FORMATS = ("jsonl", "parquet")
 WRITERS = ("process", "thread")
+WRITER_PRIORITIES = ("idle", "low")
 _MIN_RING_BYTES = 4 << 20
 
 
@@ -70,6 +71,7 @@ class LogConfig:
     compression: str = "zstd"         # Parquet codec: zstd, lz4, snappy, gzip or none
     writer: str = "process"           # `ctrops serve`: "process" (one writer process per server) or "thread"
     ring_bytes: int = 16 << 20        # process writer: shared-memory hand-off per worker (a full ring drops)
+    writer_priority: str = "idle"     # process writer's CPU: "idle" (only what workers leave) or "low" (nice 5)
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
@@ -83,6 +85,8 @@ class LogConfig:
             raise ConfigError("log.debug_every must be 0 (off) or a positive request count")
         if self.writer not in WRITERS:
             raise ConfigError(f"log.writer must be one of {WRITERS}, got {self.writer!r}")
+        if self.writer_priority not in WRITER_PRIORITIES:
+            raise ConfigError(f"log.writer_priority must be one of {WRITER_PRIORITIES}, got {self.writer_priority!r}")
         if self.ring_bytes < _MIN_RING_BYTES:
             raise ConfigError(f"log.ring_bytes must be at least {_MIN_RING_BYTES} (4 MiB: a request body can "
                               f"be 2 MB), got {self.ring_bytes}")
@@ -152,6 +156,7 @@ class PredictionLog:
         self._wake = threading.Event()
         self._stop = False
         self._flush = False
+        self._last_round = 0.0
         self._thread: threading.Thread | None = None
         self.dropped = 0
         self.records_written = 0
@@ -277,10 +282,14 @@ class PredictionLog:
         return self._unsettled
 
     # ---- lifecycle ----------------------------------------------------------------------------
-    def start(self) -> "PredictionLog":
+    def start(self, thread: bool = True) -> "PredictionLog":
+        """Start writing: in a thread of its own, or (thread=False) in rounds the owner's loop runs
+        through `work_if_due`; one thread instead of two sharing a GIL is what a process whose only
+        job is writing wants (the log writer process: ~40 µs less CPU per request)."""
         self._fs.makedirs(self._root, exist_ok=True)
-        self._thread = threading.Thread(target=self._run, name="ctrops-prediction-log", daemon=True)
-        self._thread.start()
+        if thread:
+            self._thread = threading.Thread(target=self._run, name="ctrops-prediction-log", daemon=True)
+            self._thread.start()
         return self
 
     def flush(self) -> None:
@@ -314,20 +323,37 @@ class PredictionLog:
             self._wake.clear()
             stopping = self._stop
             force, self._flush = self._flush, False
-            try:
-                self._drain(force=force)
-                if self._file is not None and time.monotonic() - self._file_opened >= self.config.rotate_seconds:
-                    self._close_files()
-            except Exception:  # keep the writer alive whatever storage does
-                log.exception("prediction log writer failed")
-            if self.metrics is not None:
-                self.metrics.log_queue_depth.set(len(self._queue))
+            self._round(force)
             if stopping:
                 try:
                     self._drain(force=True)
                 finally:
                     self._close_files()
                 return
+
+    def work_if_due(self) -> bool:
+        """For an owner that started the log without a thread: run one round of the writer's work
+        when its thread would wake (a flush was asked, `_WAKE_REQUESTS` requests are queued, or
+        `flush_seconds` passed since the last round). Whether a round ran."""
+        now = time.monotonic()
+        if not (self._flush or len(self._queue) >= _WAKE_REQUESTS
+                or now - self._last_round >= self.config.flush_seconds):
+            return False
+        force, self._flush = self._flush, False
+        self._round(force)
+        return True
+
+    def _round(self, force: bool) -> None:
+        """One wake of the writer: build and (when due) write what is queued, rotate the file on time."""
+        self._last_round = time.monotonic()
+        try:
+            self._drain(force=force)
+            if self._file is not None and time.monotonic() - self._file_opened >= self.config.rotate_seconds:
+                self._close_files()
+        except Exception:  # keep the writer alive whatever storage does
+            log.exception("prediction log writer failed")
+        if self.metrics is not None:
+            self.metrics.log_queue_depth.set(len(self._queue))
 
     def _drain(self, force: bool = False) -> None:
         """Turn queued requests into Arrow columns now; write them once enough are pending.
