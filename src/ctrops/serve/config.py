@@ -28,7 +28,7 @@ import yaml
 
 from ctrops.errors import ConfigError
 from ctrops.experiments.definition import ExperimentDefinition
-from ctrops.serve.logging_sink import LogConfig
+from ctrops.serve.log_config import LogConfig
 from ctrops.serve.schema import Limits
 
 RUNTIMES = ("granian", "uvicorn")

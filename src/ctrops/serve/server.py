@@ -58,7 +58,7 @@ def run(config_path: str | Path, *, host: str | None = None, port: int | None = 
     os.environ[CONFIG_ENV] = str(Path(config_path).resolve())
     hub = None
     if config.log is not None and config.log.writer == "process":
-        from ctrops.serve.log_process import LogHub, process_writer_supported
+        from ctrops.serve.log_hub import LogHub, process_writer_supported  # no NumPy/Arrow in the supervisor
 
         if process_writer_supported():
             hub = LogHub(config.log).start()
