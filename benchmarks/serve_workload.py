@@ -216,7 +216,8 @@ def ctrops_config(storage: Path, port: int, workers: int, runtime: str, log_dir:
                {"name": "production", "share": 95, "model": "production"},
                {"name": "random", "share": 5, "random": True}]}}
     if log_dir is not None:
-        cfg["log"] = {"path": str(log_dir), "format": "parquet", "rotate_seconds": 60, "debug_every": 1000,
+        cfg["log"] = {"path": str(log_dir), "format": "parquet", "rotate_seconds": 60,
+                      "debug_every": int(os.environ.get("CTROPS_BENCH_DEBUG_EVERY", "1000")),
                       "writer": log_writer}
     path = OUT / f"serving-{runtime}-{workers}.yaml"
     import yaml

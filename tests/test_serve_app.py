@@ -309,3 +309,69 @@ def test_rsgi_entry_answers_like_asgi(tmp_path):
         assert status == 401
     finally:
         app.__rsgi_del__(None)
+
+
+def _wsgi(entry, method: str, path: str, body: bytes = b"", headers: dict | None = None,
+          length: str | None = None) -> tuple[int, dict, bytes]:
+    import io
+
+    environ = {"REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": "", "SERVER_NAME": "127.0.0.1",
+               "SERVER_PORT": "8000", "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.url_scheme": "http",
+               "wsgi.input": io.BytesIO(body), "CONTENT_LENGTH": str(len(body)) if length is None else length}
+    for k, v in (headers or {}).items():
+        environ["HTTP_" + k.upper().replace("-", "_")] = v
+    started: list = []
+    out = b"".join(entry(environ, lambda status, hdrs, exc_info=None: started.append((status, hdrs))))
+    status, hdrs = started[0]
+    hdrs = dict(hdrs)
+    assert int(hdrs["content-length"]) == len(out)
+    return int(status.split()[0]), hdrs, out
+
+
+def test_wsgi_entry_answers_like_asgi(tmp_path):
+    """granian's WSGI interface: same predict answers, limits, errors and cold routes as ASGI, and
+    the worker's start and stop run once each."""
+    from ctrops.serve.app import PredictWSGI
+
+    cfg = make_config(tmp_path, max_candidates=50, log=False)
+    app = create_app(cfg, loader=injected_loader(cfg, ONE_ARM, {"production": HashScorer(7)}))
+    calls = []
+    start, stop = app._startup, app._shutdown
+    app._startup, app._shutdown = lambda: (calls.append("start"), start()), lambda: (calls.append("stop"), stop())
+    entry = PredictWSGI(app)
+    try:
+        assert calls == ["start"]
+        body = json.dumps(request_body(5, request_id="r-1")).encode()
+        status, headers, out = _wsgi(entry, "POST", "/v1/predict", body)
+        assert status == 200 and headers["content-type"] == "application/json"
+        with TestClient(app) as c:
+            asgi = c.post("/v1/predict", content=body).json()
+        got = json.loads(out)
+        assert [(x["id"], x["score"], x["rank"]) for x in got["candidates"]] == \
+            [(x["id"], x["score"], x["rank"]) for x in asgi["candidates"]]
+        assert got["request_id"] == "r-1" and got["model_version"] == 7
+        # no content-length (chunked): read up to one byte past the limit
+        status, _, out2 = _wsgi(entry, "POST", "/v1/predict", body, length="")
+        assert status == 200 and [x["id"] for x in json.loads(out2)["candidates"]] == \
+            [x["id"] for x in got["candidates"]]
+        status, _, out = _wsgi(entry, "POST", "/v1/predict", b"{")
+        assert status == 400 and json.loads(out)["error"] == "malformed_json"
+        status, _, out = _wsgi(entry, "POST", "/v1/predict", length="3000000")
+        assert status == 413 and "limit" in json.loads(out)["message"]
+        assert _wsgi(entry, "POST", "/v1/predict", b" " * 3_000_000, length="")[0] == 413
+        assert _wsgi(entry, "POST", "/v1/predict", length="abc")[0] == 413
+        status, _, out = _wsgi(entry, "GET", "/healthz")
+        assert status == 200 and json.loads(out) == {"status": "alive"}
+        status, _, out = _wsgi(entry, "GET", "/readyz")
+        assert status == 200 and json.loads(out)["arms"]["production"]["serving_version"] == 7
+        assert _wsgi(entry, "GET", "/v1/predict")[0] == 405
+        assert _wsgi(entry, "GET", "/nowhere")[0] == 404
+        status, headers, out = _wsgi(entry, "GET", "/metrics")
+        assert status == 200 and b'ctrops_predictions_total{arm="production"} 3.0' in out
+        status, headers, _ = _wsgi(entry, "POST", "/admin/reload", headers={"authorization": "Bearer wrong"},
+                                   length="0")
+        assert status == 401 and headers["www-authenticate"] == "Bearer"
+    finally:
+        entry.stop()
+        entry.stop()
+    assert calls == ["start", "stop"]

@@ -50,14 +50,16 @@ def alive(pid: int) -> bool:
         return False
 
 
-@pytest.mark.parametrize("runtime,writer", [("uvicorn", "process"), ("granian", "process"), ("granian", "thread")])
-def test_sigterm_flushes_every_served_tracking_id(tmp_path: Path, runtime: str, writer: str):
+@pytest.mark.parametrize("runtime,interface,writer", [("uvicorn", "asgi", "process"), ("granian", "rsgi", "process"),
+                                                      ("granian", "wsgi", "process"), ("granian", "rsgi", "thread"),
+                                                      ("granian", "wsgi", "thread")])
+def test_sigterm_flushes_every_served_tracking_id(tmp_path: Path, runtime: str, interface: str, writer: str):
     save(tmp_path / "m.ctm", make_model(1))
     publish_model(str(tmp_path / "store"), "ctr", tmp_path / "m.ctm", version=1, aliases=("production",))
     port = free_port()
     (tmp_path / "serving.yaml").write_text(
         f"model: {{storage: store, name: ctr, cache_dir: cache, poll_seconds: 0}}\n"
-        f"server: {{host: 127.0.0.1, port: {port}, workers: 1, runtime: {runtime}}}\n"
+        f"server: {{host: 127.0.0.1, port: {port}, workers: 1, runtime: {runtime}, interface: {interface}}}\n"
         f"log: {{path: logs, format: jsonl, flush_seconds: 30, rotate_seconds: 3600, writer: {writer}}}\n")
     # flush_seconds=30: nothing is written before SIGTERM unless shutdown drains the queue
     proc = subprocess.Popen([sys.executable, "-m", "ctrops.cli_serve", "--config", str(tmp_path / "serving.yaml")],

@@ -32,7 +32,7 @@ from ctrops.serve.log_config import LogConfig
 from ctrops.serve.schema import Limits
 
 RUNTIMES = ("granian", "uvicorn")
-INTERFACES = ("rsgi", "asgi")  # granian's; uvicorn always speaks ASGI
+INTERFACES = ("rsgi", "asgi", "wsgi")  # granian's; uvicorn always speaks ASGI
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class ServerConfig:
     admin_token_env: str = "CTROPS_ADMIN_TOKEN"
     shutdown_timeout: float = 30.0
     gil_switch_interval: float = 0.0005  # seconds; see app.lifespan (background threads vs the event loop)
-    interface: str = "rsgi"              # granian only: "rsgi" (native, cheaper per request) or "asgi"
+    interface: str = "rsgi"              # granian only: "rsgi" (native), "wsgi" (cheapest per request) or "asgi"
 
     def resolved_admin_token(self) -> str | None:
         """The token from the environment variable wins over the file (keep secrets out of YAML)."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 from pathlib import Path
 
 from ctrops.serve.config import ServingConfig
@@ -46,6 +47,13 @@ def app_from_env():
         logging.getLogger("ctrops.serve").warning(
             "log.writer: process needs Linux and x86-64; the log writer runs as a thread in each worker")
     return create_app(config)
+
+
+def wsgi_app_from_env():
+    """WSGI app factory for granian's WSGI workers (`server.interface: wsgi`); see app.PredictWSGI."""
+    from ctrops.serve.app import PredictWSGI
+
+    return PredictWSGI(app_from_env())
 
 
 def run(config_path: str | Path, *, host: str | None = None, port: int | None = None,
@@ -86,12 +94,46 @@ def _serve(config: ServingConfig, host: str, port: int, workers: int, runtime: s
 
         # RSGI: granian's native interface hands the app the body as bytes and takes the answer in
         # one call, without ASGI's per-message dicts (the app serves both; see app.PredictFastPath)
-        interface = Interfaces.RSGI if s.interface == "rsgi" else Interfaces.ASGI
+        interface = {"rsgi": Interfaces.RSGI, "asgi": Interfaces.ASGI, "wsgi": Interfaces.WSGI}[s.interface]
+        if s.interface == "wsgi":
+            # two Python threads per worker: requests are CPU-bound, more would only take turns at the
+            # GIL (granian would allow 256 by default); a second keeps predictions flowing while the
+            # first runs a slow cold route (POST /admin/reload loads a model in the calling thread)
+            target = "ctrops.serve.server:wsgi_app_from_env"
+            extra = {"blocking_threads": 2}
+        else:
+            extra = {}
         Granian(target, address=host, port=port, workers=workers, interface=interface, http=HTTPModes.http1,
                 websockets=False, factory=True, backlog=2048, log_access=False,
-                workers_kill_timeout=int(s.shutdown_timeout) + 5).serve()
+                workers_kill_timeout=int(s.shutdown_timeout) + 5, **extra).serve()
     else:
         import uvicorn
 
         uvicorn.run(target, host=host, port=port, workers=workers, factory=True, access_log=False,
                     timeout_graceful_shutdown=int(s.shutdown_timeout), backlog=2048, log_level="info")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m ctrops.serve.server --config serving.yaml [--host --port --workers --runtime]`: the
+    server's supervisor with nothing but what it needs (`ctrops serve` execs into this)."""
+    import argparse
+
+    from ctrops.errors import CtropsError
+
+    ap = argparse.ArgumentParser(prog="ctrops serve")
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--host")
+    ap.add_argument("--port", type=int)
+    ap.add_argument("--workers", type=int)
+    ap.add_argument("--runtime", choices=["granian", "uvicorn"])
+    a = ap.parse_args(argv)
+    try:
+        run(a.config, host=a.host, port=a.port, workers=a.workers, runtime=a.runtime)
+    except CtropsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
