@@ -308,3 +308,20 @@ def test_submit_request_queue_bounds_drop_and_count(tmp_path):
     assert results == [True, True, False, False] and sink.dropped == 2 and sink.queued_records == 6
     sink.close()
     assert len(read_jsonl(tmp_path)) == 6 and sink.queued_records == 0
+
+
+def test_starting_the_log_twice_runs_one_writer(tmp_path):
+    """An app's startup can run twice (a second lifespan): the second start must not add a writer thread
+    that would close the first one's files under it."""
+    import threading
+
+    sink = PredictionLog(LogConfig(str(tmp_path), "jsonl", flush_seconds=0.01))
+    sink.start()
+    sink.start()
+    try:
+        assert sum(t.name == "ctrops-prediction-log" for t in threading.enumerate()) == 1
+        for e in varied_entries()[:20]:
+            assert sink.submit(e)
+    finally:
+        sink.close()
+    assert sink.write_errors == 0 and len(read_jsonl(tmp_path)) == len(expected_records(varied_entries()[:20]))

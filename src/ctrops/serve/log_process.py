@@ -192,6 +192,8 @@ class ProcessPredictionLog:
 
     # ---- lifecycle ----------------------------------------------------------------------------
     def start(self) -> "ProcessPredictionLog":
+        if self._ring is not None:  # started already (an app's startup can run twice): one ring only
+            return self
         if not lr.supported():
             raise RuntimeError("the process log writer needs Linux memfd and x86-64 memory ordering; "
                                "set log.writer: thread")
