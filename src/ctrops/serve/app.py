@@ -496,28 +496,8 @@ class PredictFastPath:
             "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in scope.headers.items()],
             "client": (chost, int(cport or 0)), "server": (host, int(port or 0)),
         }
-        sent_body = False
-
-        async def receive() -> dict:
-            nonlocal sent_body
-            if not sent_body:
-                sent_body = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return {"type": "http.disconnect"}
-
-        status, headers, chunks = 500, [], []
-
-        async def send(message: dict) -> None:
-            nonlocal status, headers
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in message.get("headers", [])
-                           if k.lower() != b"content-length"]  # granian sets it for the whole body
-            elif message["type"] == "http.response.body":
-                chunks.append(message.get("body", b""))
-
-        await self.app(asgi_scope, receive, send)
-        proto.response_bytes(status, headers, b"".join(chunks))
+        status, headers, out = await _asgi_call(self.app, asgi_scope, body)
+        proto.response_bytes(status, headers, out)
 
 
 class PredictWSGI:
@@ -598,28 +578,35 @@ class PredictWSGI:
             "headers": headers, "client": (environ.get("REMOTE_ADDR", ""), int(environ.get("REMOTE_PORT") or 0)),
             "server": (environ.get("SERVER_NAME", ""), int(environ.get("SERVER_PORT") or 0)),
         }
-        sent = False
-        answer: dict = {"status": 500, "headers": [], "chunks": []}
-
-        async def receive() -> dict:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return {"type": "http.disconnect"}
-
-        async def send(message: dict) -> None:
-            if message["type"] == "http.response.start":
-                answer["status"] = message["status"]
-                answer["headers"] = [(k.decode("latin-1"), v.decode("latin-1"))
-                                     for k, v in message.get("headers", []) if k.lower() != b"content-length"]
-            elif message["type"] == "http.response.body":
-                answer["chunks"].append(message.get("body", b""))
-
-        loop.run_until_complete(self.entry.app(scope, receive, send))
-        out = b"".join(answer["chunks"])
-        start_response(_status_line(answer["status"]), answer["headers"] + [("content-length", str(len(out)))])
+        status, headers, out = loop.run_until_complete(_asgi_call(self.entry.app, scope, body))
+        start_response(_status_line(status), headers + [("content-length", str(len(out)))])
         return [out]
+
+
+async def _asgi_call(app: Any, scope: dict, body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
+    """One ASGI HTTP call of `app` with the whole body: (status, headers without content-length, which
+    the caller sets for the whole answer, body). The RSGI and WSGI entries' bridge to Starlette."""
+    sent_body = False
+    status, headers, chunks = 500, [], []
+
+    async def receive() -> dict:
+        nonlocal sent_body
+        if not sent_body:
+            sent_body = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        nonlocal status, headers
+        if message["type"] == "http.response.start":
+            status = message["status"]
+            headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in message.get("headers", [])
+                       if k.lower() != b"content-length"]
+        elif message["type"] == "http.response.body":
+            chunks.append(message.get("body", b""))
+
+    await app(scope, receive, send)
+    return status, headers, b"".join(chunks)
 
 
 def _status_line(status: int) -> str:
