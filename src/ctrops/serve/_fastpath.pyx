@@ -26,6 +26,7 @@ between the two calls; calls from other threads meanwhile get None.
 
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.pyport cimport PY_SSIZE_T_MAX
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.math cimport isfinite, isnan, rint
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
@@ -286,27 +287,14 @@ cdef bint _number(Scan* s, RawValue* v) noexcept nogil:
 
 
 cdef bint _scalar(Scan* s, RawValue* v, Py_ssize_t max_string, int allow) noexcept nogil:
-    """A field value (string within max_string, number, null; booleans with ALLOW_BOOL)."""
-    cdef Str t
-    cdef unsigned char c
-    _ws(s)
-    if s.i >= s.n:
+    """A field value (string within max_string, number, null; booleans with ALLOW_BOOL, read as null)."""
+    if not _pt_value(s, v, max_string):
         return False
-    c = s.p[s.i]
-    if c == 34:
-        if not _string(s, &t) or t.chars > max_string:
+    if v.kind == PT_BOOL:
+        if not allow & ALLOW_BOOL:
             return False
-        v.kind, v.s, v.n = RAW_STR, t.s, t.n
-        return True
-    if c == 45 or 48 <= c <= 57:
-        return _number(s, v)
-    if c == 110:
         v.kind = RAW_NULL
-        return _literal(s, "null", 4)
-    if allow & ALLOW_BOOL:
-        v.kind = RAW_NULL
-        return _literal(s, "true", 4) or _literal(s, "false", 5)
-    return False
+    return True
 
 
 cdef inline bint _key(Scan* s, Str* k) noexcept nogil:
@@ -368,9 +356,9 @@ cdef bint _passthrough(Scan* s, Py_ssize_t max_keys, Py_ssize_t max_string) noex
             return True
 
 
-cdef bint _pt_value(Scan* s, RawValue* v) noexcept nogil:
-    """A passthrough value (already checked by `_passthrough`) as a RawValue; booleans as PT_BOOL
-    with i = 0 or 1."""
+cdef bint _pt_value(Scan* s, RawValue* v, Py_ssize_t max_string) noexcept nogil:
+    """Any scalar JSON value as a RawValue (a string of at most max_string characters); booleans
+    as PT_BOOL with i = 0 or 1."""
     cdef Str t
     cdef unsigned char c
     _ws(s)
@@ -378,7 +366,7 @@ cdef bint _pt_value(Scan* s, RawValue* v) noexcept nogil:
         return False
     c = s.p[s.i]
     if c == 34:
-        if not _string(s, &t):
+        if not _string(s, &t) or t.chars > max_string:
             return False
         v.kind, v.s, v.n = RAW_STR, t.s, t.n
         return True
@@ -396,7 +384,7 @@ cdef bint _pt_value(Scan* s, RawValue* v) noexcept nogil:
 
 cdef inline bint _skip_value(Scan* s) noexcept nogil:
     cdef RawValue v
-    return _pt_value(s, &v)
+    return _pt_value(s, &v, PY_SSIZE_T_MAX)
 
 
 cdef inline bint _integer(Scan* s, int64_t* out) noexcept nogil:
@@ -1081,7 +1069,7 @@ cdef class FastPath:
                     return 0  # a key named twice
                 self.pt_seen[j] = 1
                 v = &row[j]
-                if not _pt_value(&s, v):
+                if not _pt_value(&s, v, PY_SSIZE_T_MAX):
                     return 0
                 self.pt_bits[j] |= 1 << v.kind
                 count += 1
