@@ -78,15 +78,17 @@ def measured(server: w.Server, client: str, bodies: Path, rate: float, duration:
     with w.bench_lock():
         pids = server.pids()
         before = w.server_histogram(server.port) if server_side else None
-        cpu0 = w.process_cpu_seconds(pids)
+        cpu0, roles0 = w.process_cpu_seconds(pids), w.cpu_seconds_by_role(server)
         r = load(client, server.port, bodies, rate, duration)
         cpu = w.process_cpu_seconds(pids) - cpu0
+        roles = {k: v - roles0.get(k, 0.0) for k, v in w.cpu_seconds_by_role(server).items()}
         if server_side:
             r["server_side"] = w.histogram_quantiles(w.server_histogram(server.port), before)
             r["log_dropped_so_far"] = w.server_counters(server.port)["ctrops_log_dropped_total"]
     answered = max(r["achieved_rps"] * duration, 1)
     r["server_cpu_us_per_request"] = round(cpu / answered * 1e6, 1)
     r["server_cpu_cores"] = round(cpu / duration, 3)
+    r["server_cpu_us_per_request_by_role"] = {k: round(v / answered * 1e6, 1) for k, v in roles.items() if v > 0}
     per_sec = r.get("per_second_p99_ms", [])
     r["worst_second_p99_ms"] = max(per_sec) if per_sec else None
     # the typical second: p99 over the whole run is set by a few seconds with a stall in them
@@ -165,6 +167,8 @@ def main() -> None:
         result["sustained"] = sustained
         print(f"sustained {rate:.0f} req/s for {duration:.0f} s: {line(sustained)}; worst one-second p99 "
               f"{sustained['worst_second_p99_ms']} ms (target: p99 <= 5 ms, 0 errors)", flush=True)
+        print("  server CPU per request by role: " + ", ".join(
+            f"{role} {us:.0f} µs" for role, us in sustained["server_cpu_us_per_request_by_role"].items()), flush=True)
         best = None
         if not args.skip_sweep:
             print("  ctrops rate sweep (p99 <= 20 ms):", flush=True)

@@ -24,10 +24,8 @@ import argparse
 import json
 import os
 import re
-import resource
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 

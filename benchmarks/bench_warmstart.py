@@ -164,7 +164,7 @@ def main() -> None:
         counts.append(n if n is not None else warm_n + 1)
         cold_counts.append(trials_to_reach(cold, target))
         how = "-" if n is None else ("defaults" if n == 1 else
-                                     f"replayed week-0 trial" if n <= 1 + a.replay else "CMA-ES")
+                                     "replayed week-0 trial" if n <= 1 + a.replay else "CMA-ES")
         print(f"{r:>3} {target:>14.5f} {min(warm):>14.5f} {('>' + str(warm_n)) if n is None else n:>11} "
               f"{cold_counts[-1]:>11} {cold[0]:>9.5f}  {how}")
     near = []

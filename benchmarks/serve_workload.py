@@ -469,12 +469,14 @@ def run_wrk(port: int, bodies_file: Path, path: str, duration: int, connections:
 
 
 def run_wrk_paced(port: int, bodies_file: Path, path: str, rate: float, duration: float,
-                  connections: int = 64) -> dict:
+                  connections: int = 64, samples: bool = False) -> dict:
     """wrk on a fixed schedule of `rate` requests/s (bench_serve_wrk.lua): latency from the SCHEDULED
     send time (no coordinated omission), errors, achieved rate, per-second p99 and wrk's own CPU.
 
     Requests still unsent when the run ends (the server fell behind the schedule) are counted
-    as errors, like refused or failed ones.
+    as errors, like refused or failed ones. `samples`: also return, under "samples", every
+    answered request's second (of its slot) and latency in ms as two arrays (not JSON), for a
+    caller that pools the requests of chosen windows.
     """
     lua = Path(__file__).with_name("bench_serve_wrk.lua")
     lat_file = OUT / f"wrk-latency-{port}.txt"
@@ -517,7 +519,8 @@ def run_wrk_paced(port: int, bodies_file: Path, path: str, rate: float, duration
             "client": "wrk paced (bench_serve_wrk.lua)", "client_nice": CLIENT_NICE,
             "client_cpu_us_per_request": round(wrk_cpu / max(len(rows), 1) * 1e6, 1),
             "client_cpu_cores": round(wrk_cpu / secs, 3),
-            "per_second_p99_ms": per_second}
+            "per_second_p99_ms": per_second,
+            **({"samples": (sec, lat_ms)} if samples else {})}
 
 
 def write_bodies(bodies: list[dict], path: Path) -> Path:
@@ -574,6 +577,28 @@ def process_cpu_seconds(pids: list[int]) -> float:
         except OSError:
             pass
     return total / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds_by_role(server: "Server") -> dict[str, float]:
+    """User + system CPU seconds so far of the server's threads, by role: each worker's request
+    thread (granian runs the app on the process's main thread), the workers' other threads
+    (granian's Rust I/O runtime, the model watcher, the log ring monitor), the log writer
+    process, the supervisor. Where a request's CPU goes, not just how much there is."""
+    roles: dict[str, float] = {}
+    for pid in server.pids():
+        try:
+            writer = b"ctrops.serve.log_writer" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            try:
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            role = ("log writer" if writer else "supervisor" if pid == server.proc.pid else
+                    "worker request threads" if int(task.name) == pid else "worker other threads")
+            roles[role] = roles.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return roles
 
 
 @contextlib.contextmanager
