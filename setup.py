@@ -37,6 +37,7 @@ NATIVE_MODULES = {
     "ctrops.models._predict": "src/ctrops/models/_predict.pyx",
     "ctrops.data._parse": "src/ctrops/data/_parse.pyx",
     "ctrops.serve._fastpath": "src/ctrops/serve/_fastpath.pyx",
+    "ctrops.serve._logcolumns": "src/ctrops/serve/_logcolumns.pyx",
 }
 # a module is built once its source exists, so the tree builds at every step
 # CTROPS_BUILD_ONLY=ctrops.models._ffm limits a developer's rebuild to one module

@@ -6,8 +6,8 @@ log the fast path's log columns (`submit_columns`, the default) and once the
 body's log part (`submit_request`, JSON text of the ids and passthrough). The
 payloads are captured as the ring would carry them; then, in this process,
 the writer's three steps are timed per request: decoding the payloads into
-`RequestLog`s, building the Arrow tables (128 requests per table, as the
-writer does) and writing them as Parquet (zstd). Medians over --repeats.
+`RequestLog`s, building the Arrow tables (512 requests per table, as the
+writer process does) and writing them as Parquet (zstd, the writer's options). Medians over --repeats.
 
     .venv/bin/python benchmarks/bench_log_columns.py [--requests 2000] [--repeats 3]
 """
@@ -60,19 +60,17 @@ class CapturedLog:
 
 def writer_steps(payloads: list) -> dict[str, float]:
     """µs per request for decode, build and Parquet, timed in this thread."""
-    import pyarrow.parquet as pq
-
     from ctrops.serve.log_records import decode_entry
-    from ctrops.serve.logging_sink import build_table
+    from ctrops.serve.logging_sink import _WRITE_REQUESTS, build_table, parquet_writer
 
     n = len(payloads)
     t0 = time.perf_counter()
     entries = [decode_entry(kind, payload, split) for kind, payload, split in payloads]
     t1 = time.perf_counter()
-    tables = [build_table(entries[i:i + 128]) for i in range(0, n, 128)]
+    tables = [build_table(entries[i:i + _WRITE_REQUESTS]) for i in range(0, n, _WRITE_REQUESTS)]
     t2 = time.perf_counter()
     sink = io.BytesIO()
-    writer = pq.ParquetWriter(sink, tables[0].schema, compression="zstd", compression_level=1)
+    writer = parquet_writer(sink, tables[0].schema, "zstd")
     for table in tables:
         writer.write_table(table)
     writer.close()

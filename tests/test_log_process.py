@@ -153,6 +153,25 @@ def test_process_writer_writes_the_documented_records(tmp_path, fmt):
     assert sink._proc.returncode == 0 and gone(writer)
 
 
+def test_a_writer_with_small_queue_bounds_keeps_taking_requests_between_flushes(tmp_path):
+    """The writer process builds whole writes (`_WRITE_REQUESTS` requests) at a time, but a queue
+    bounded below that is built whenever it is half full, not only every `flush_seconds`: with a
+    30 s flush, a 40-request queue keeps taking the ring's requests, and all 450 are written, none
+    dropped."""
+    entries = varied_entries() * 3
+    sink = ProcessPredictionLog(LogConfig(str(tmp_path), "parquet", queue_size=40, flush_seconds=30)).start()
+    for i in range(0, len(entries), 30):  # in steps the ring holds, as a paced worker would
+        submit_both_ways(sink, entries[i:i + 30])
+        taken = min(i + 30, len(entries))
+        wait_for(lambda: sink._ring.slots[lr.REQ_PULLED] == taken, timeout=10,
+                 what=lambda: f"the writer to take {taken} requests; it took {sink._ring.slots[lr.REQ_PULLED]}")
+    sink.close()
+    want = expected_records(entries)
+    assert sink.dropped == 0 and sink.write_errors == 0
+    rows = [r for f in sorted(tmp_path.glob("predictions-*.parquet")) for r in pq.read_table(f).to_pylist()]
+    assert len(rows) == len(want) == sink.records_written
+
+
 def test_full_ring_drops_and_counts_and_the_rest_is_written(tmp_path):
     metrics = ServerMetrics()
     sink = ProcessPredictionLog(LogConfig(str(tmp_path), "jsonl", ring_bytes=4 << 20, flush_seconds=0.05),

@@ -427,6 +427,84 @@ def test_the_log_columns_give_the_records_of_the_whole_body(service, data, raw, 
     assert got.schema == want.schema and got.to_pylist() == want.to_pylist()
 
 
+def _logged_both_ways(service, data, raw: bytes, every: str, head: tuple):
+    """(entry from the fast path's log columns or None, entry from the whole body) of one drawn request."""
+    from ctrops.serve.logging_sink import RawRequestLog, request_from_body, request_from_columns
+
+    doc = json.loads(raw)
+    cands = doc["candidates"]
+    pts = {"shaped": lambda: data.draw(shaped_passthrough(len(cands))), "none": lambda: ["absent"] * len(cands),
+           "mixed": lambda: [None] + [{"a": 1}] * (len(cands) - 1)}[every]()
+    for c, pt in zip(cands, pts):
+        if pt != "absent":
+            c["passthrough"] = pt
+    raw = json.dumps(doc, ensure_ascii=False).encode()
+    if service.fast.scan(raw) is None:
+        return None
+    predictor = service.loader.state.arms["production"].predictor
+    done = service.fast.finish(raw, predictor.request_encoder, predictor.candidate_model,
+                               b'{"request_id":"r","candidates":[', PREFIX.encode(), 2)
+    if done is None:
+        return None
+    columns = request_from_columns(head, done[3], done[1], done[2]) if type(done[3]) is tuple else None
+    return columns, request_from_body(RawRequestLog(*head, raw, done[1], done[2]))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data(), raws=st.lists(valid_body(), min_size=2, max_size=4),
+       every=st.sampled_from(["shaped", "shaped", "none", "mixed"]))
+def test_a_batch_of_log_columns_gives_the_records_of_the_whole_bodies(service, data, raws, every):
+    """Over a batch of requests (ids and string columns gathered natively in rank order), and over
+    a batch mixing log columns with other entries (the general builders), the writer builds
+    exactly the table it builds from the whole bodies, or fails alike."""
+    from ctrops.serve.logging_sink import build_table
+
+    pairs = [_logged_both_ways(service, data, raw, every, (1700000000000 + i, f"r{i}", "u", "exp", "production",
+                                                           "m", 4, PREFIX))
+             for i, raw in enumerate(raws)]
+    pairs = [p for p in pairs if p is not None and p[0] is not None]
+    assume(len(pairs) >= 2)
+    columns, bodies = [p[0] for p in pairs], [p[1] for p in pairs]
+    mixed = [c if i % 2 else b for i, (c, b) in enumerate(pairs)]
+    try:
+        want = build_table(bodies)
+    except Exception as exc:  # passthrough kinds that no common type holds: both ways refuse it
+        for batch in (columns, mixed):
+            with pytest.raises(type(exc)):
+                build_table(batch)
+        return
+    for batch in (columns, mixed):
+        got = build_table(batch)
+        assert got.schema == want.schema and got.to_pylist() == want.to_pylist()
+
+
+def test_the_native_gather_takes_items_in_rank_order_and_refuses_what_does_not_fit():
+    """`gather_joined` equals splitting and indexing in Python; a wrong count or position is a
+    ValueError naming the request, never a column of shifted ids."""
+    import pyarrow as pa
+
+    from ctrops.serve._logcolumns import gather_joined
+
+    texts = [b"a\x00bb\x00", b"", "é\x00z".encode(), b"x"]
+    sizes = np.array([3, 0, 2, 1], dtype=np.int64)
+    orders = [np.array([2, 0, 1]), np.array([], dtype=np.int64), np.array([1]), np.array([0, 0])]
+    offsets, data = gather_joined(texts, orders, sizes)
+    got = pa.StringArray.from_buffers(len(offsets) - 1, pa.py_buffer(offsets), pa.py_buffer(data))
+    want = [t.decode().split("\x00")[o] for t, order in zip(texts, orders) for o in order.tolist()]
+    assert got.to_pylist() == want == ["", "a", "bb", "z", "x", "x"]
+    for bad_texts, bad_sizes, bad_orders, message in (
+            ([b"a\x00b\x00c"], [2], [np.array([0])], "request 0 .* more than"),
+            ([b"a", b"a\x00b"], [1, 3], [np.array([0]), np.array([0])], "request 1 .* 2 items, 3 expected"),
+            ([b"a\x00b"], [2], [np.array([2])], "returns item 2 of 2"),
+            ([b"a\x00b"], [2], [np.array([-1])], "returns item -1"),
+            ([b"ab"], [0], [np.array([], dtype=np.int64)], "no items but 2 bytes"),
+            ([b"a"], [1, 1], [np.array([0])], "one each per request")):
+        with pytest.raises(ValueError, match=message):
+            gather_joined(bad_texts, bad_orders, np.array(bad_sizes, dtype=np.int64))
+    with pytest.raises(TypeError, match="must be bytes"):
+        gather_joined(["a"], [np.array([0])], np.array([1], dtype=np.int64))
+
+
 def test_log_columns_that_do_not_fit_their_scores_are_refused():
     """A payload whose parts disagree (a writer must count it, not write wrong records) is a ValueError."""
     from ctrops.serve.logging_sink import request_from_columns
@@ -437,7 +515,8 @@ def test_log_columns_that_do_not_fit_their_scores_are_refused():
     assert request_from_columns(head, ok, scores, order).passthrough == {"k": 1}
     for bad in ((b"a", *ok[1:]), (ok[0], ("bid",), b"f", (np.array([1.0]).tobytes(),), None),
                 (ok[0], ("bid", "x"), b"f", ok[3], None), (ok[0], ("bid",), b"q", ok[3], None),
-                (ok[0], ("s",), b"s", (b"only-one",), None), (*ok[:4], b"[1]")):
+                (ok[0], ("s",), b"s", (b"only-one",), None), (*ok[:4], b"[1]"), (b"\xff\x00b", *ok[1:]),
+                (ok[0], ("s",), b"s", (b"a\x00\xc3",), None)):
         with pytest.raises(ValueError):
             request_from_columns(head, bad, scores, order)
 

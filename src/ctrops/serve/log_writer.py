@@ -52,12 +52,12 @@ import msgspec
 
 from ctrops.serve import log_ring as lr
 from ctrops.serve.log_records import DEBUG, decode_entry
-from ctrops.serve.logging_sink import WRITER_NICENESS, LogConfig, PredictionLog
+from ctrops.serve.logging_sink import _WRITE_REQUESTS, WRITER_NICENESS, LogConfig, PredictionLog
 
 log = logging.getLogger("ctrops.serve.log_writer")
 
 _PULL = 256           # records per pull
-_IDLE_SECONDS = 0.01  # poll interval while the rings are empty (a poll costs microseconds)
+_IDLE_SECONDS = 0.01  # pause between pulls unless a ring is backlogged (see `Writer.step`)
 
 
 class RingPump:
@@ -111,22 +111,39 @@ class Writer:
 
     def __init__(self, config: LogConfig) -> None:
         self.sink = PredictionLog(config)
+        # one build per write (no tables to merge): build and merge 24 vs 36 µs a request in process, the
+        # queue holding ~2 MB of compact payloads at most
+        self.sink.wake_requests = self.sink.build_requests = _WRITE_REQUESTS
         self.pumps: list[RingPump] = []
         self._fifo: deque = deque()  # (pump, records) per request queued into the sink, in order
         self._queued = 0             # requests queued into the sink so far
         self._settled = 0            # of those, settled (written or dropped) so far
         self._seen_dropped = self._seen_errors = 0
+        self.backlogged = False      # the last step left records in a ring (see `step`)
 
     def start(self) -> None:
         self.sink.start(thread=False)  # its rounds run in `step`: one thread, no GIL hand-offs
 
     def step(self) -> int:
         """Pull one batch from every ring, then let the sink build and write when due; the number of
-        records pulled."""
+        records pulled. `backlogged` tells whether a ring had more than one pull's worth: the loop
+        then steps again at once, else it pauses `_IDLE_SECONDS`.
+
+        Why pause while records trickle in: stepping again as soon as anything moved
+        took about one request per step at 2,000 req/s, each step paying its fixed
+        cost (a pull per ring, the counters published to every ring, the sink's
+        check). A pause of 10 ms lets a few dozen requests gather per step; the ring
+        holds seconds of traffic, so nothing waits on it. (Measured in the server:
+        177 vs 183 µs of writer CPU per request, within the noise; the builds of
+        `_WRITE_REQUESTS` requests, see `__init__`, were what moved it.)
+        """
         moved = 0
+        self.backlogged = False
         for pump in self.pumps:
             if self._queue_carried(pump):
-                moved += self._pull(pump)
+                pulled = self._pull(pump)
+                moved += pulled
+                self.backlogged |= pulled >= _PULL
         self.sink.work_if_due()
         return moved
 
@@ -229,13 +246,13 @@ def run_single(fd: int, config: LogConfig, parent: int) -> int:
     while True:
         if ring.slots[lr.STOP] or os.getppid() != parent:
             pump.stopping = True
-        moved = writer.step()
+        writer.step()
         writer.publish()
         if pump.stopping and pump.drained:
             break
         if pump.stopping:
             writer.finish(pump)
-        if not moved:
+        if not writer.backlogged:
             time.sleep(_IDLE_SECONDS)
     writer.close(timeout=max(config.flush_seconds * 4, 60.0))
     ring.slots[lr.WRITER_DONE] = 1
@@ -295,7 +312,7 @@ def run_hub(name: str, config: LogConfig, stop: threading.Event) -> int:
         for pump in writer.pumps:
             if stopping or pump.ring.slots[lr.STOP] or pump.connection_closed():
                 pump.stopping = True
-        moved = writer.step()
+        writer.step()
         writer.publish()
         for pump in [p for p in writer.pumps if p.stopping and writer.finish(p)]:
             writer.pumps.remove(pump)
@@ -304,7 +321,7 @@ def run_hub(name: str, config: LogConfig, stop: threading.Event) -> int:
             pump.ring.close()
         if stopping and not writer.pumps:
             break
-        if not moved:
+        if not writer.backlogged:
             time.sleep(_IDLE_SECONDS)
     server.close()
     writer.close(timeout=max(config.flush_seconds * 4, 60.0))

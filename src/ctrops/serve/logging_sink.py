@@ -125,6 +125,11 @@ class PredictionLog:
         self._pending_requests = 0
         self._unsettled = 0               # taken from the queue, not yet written or counted as dropped
         self._pending_since = 0.0
+        # Requests queued before a round, and per build: small in a server's worker, whose queue holds
+        # the requests' Python objects; the writer process (`log_writer.Writer`) takes whole writes at
+        # a time, its queue holding compact bytes.
+        self.wake_requests = _WAKE_REQUESTS
+        self.build_requests = _BUILD_REQUESTS
         self._fs, self._root = fsspec.core.url_to_fs(config.path, **(config.storage_options or {}))
         self._seq = 0
         self._file = None
@@ -147,7 +152,7 @@ class PredictionLog:
         self._queue.append(RequestLog(entry[0], entry[1], entry[2], entry[3], entry[4], entry[5], entry[6],
                                       entry[7], compact_ids(entry[8]), entry[9], entry[10],
                                       compact_objects(entry[11]), entry[12]))
-        if len(self._queue) == _WAKE_REQUESTS:  # busy server: write now rather than hold requests' objects
+        if len(self._queue) == self.wake_requests:  # busy server: write now rather than hold requests' objects
             self._wake.set()
         return True
 
@@ -173,7 +178,7 @@ class PredictionLog:
             body = bytes(body)
         self._queue.append(RawRequestLog(ts_ms, request_id, unit_id, experiment, arm, model_name, model_version,
                                          tracking_prefix, body, scores, order))
-        if len(self._queue) == _WAKE_REQUESTS:
+        if len(self._queue) == self.wake_requests:
             self._wake.set()
         return True
 
@@ -187,7 +192,7 @@ class PredictionLog:
         entry = request_from_columns((ts_ms, request_id, unit_id, experiment, arm, model_name, model_version,
                                       tracking_prefix), columns, scores, order)
         self._queue.append(entry)
-        if len(self._queue) == _WAKE_REQUESTS:
+        if len(self._queue) == self.wake_requests:
             self._wake.set()
         return True
 
@@ -197,7 +202,7 @@ class PredictionLog:
         if not self._admit(len(entry[_ORDER])):
             return False
         self._queue.append(entry)
-        if len(self._queue) == _WAKE_REQUESTS:
+        if len(self._queue) == self.wake_requests:
             self._wake.set()
         return True
 
@@ -291,14 +296,21 @@ class PredictionLog:
 
     def work_if_due(self) -> bool:
         """For an owner that started the log without a thread: run one round of the writer's work
-        when its thread would wake (a flush was asked, `_WAKE_REQUESTS` requests are queued, or
-        `flush_seconds` passed since the last round). Whether a round ran."""
+        when its thread would wake (a flush was asked, `wake_requests` requests are queued, or
+        `flush_seconds` passed since the last round), or when the queue is half full (small
+        `queue_size` / `queue_records` bounds). Whether a round ran.
+
+        A round due by time also writes what it builds: with rounds as far apart as
+        `flush_seconds`, waiting for the next one would hold records twice that long.
+        """
         now = time.monotonic()
-        if not (self._flush or len(self._queue) >= _WAKE_REQUESTS
-                or now - self._last_round >= self.config.flush_seconds):
+        timed = now - self._last_round >= self.config.flush_seconds
+        half_full = (2 * len(self._queue) >= self.config.queue_size
+                     or 2 * (self._records_in - self._records_out) >= self.config.queue_records)
+        if not (self._flush or len(self._queue) >= self.wake_requests or half_full or timed):
             return False
         force, self._flush = self._flush, False
-        self._round(force)
+        self._round(force or timed)
         return True
 
     def _round(self, force: bool) -> None:
@@ -325,7 +337,7 @@ class PredictionLog:
         pop = self._queue.popleft
         while self._queue:
             batch = []
-            while self._queue and len(batch) < _BUILD_REQUESTS:
+            while self._queue and len(batch) < self.build_requests:
                 self._unsettled += 1  # before the pop: a reader of depth + unsettled never misses one
                 batch.append(pop())
             self._records_out += sum(map(len, map(_order_of, batch)))
@@ -472,17 +484,11 @@ class PredictionLog:
         return table.num_rows
 
     def _write_parquet(self, table: Any) -> None:
-        import pyarrow.parquet as pq
-
         if self._parquet is not None and not self._parquet.schema.equals(table.schema):
             self._close_files()  # passthrough keys or types changed: a new file with the new schema
             self._open()
         if self._parquet is None:
-            codec = self.config.compression
-            self._parquet = pq.ParquetWriter(
-                self._file, table.schema, compression=codec, compression_level=_CODECS[codec],
-                use_dictionary=_DICTIONARY_COLUMNS, write_statistics=_STATISTICS_COLUMNS,
-                column_encoding={"score": "BYTE_STREAM_SPLIT"}, store_schema=False)
+            self._parquet = parquet_writer(self._file, table.schema, self.config.compression)
         self._parquet.write_table(table)  # one row group; encoding and compression run without the GIL
 
     def _write_debug(self, records: list[dict]) -> None:
@@ -502,6 +508,16 @@ _CHUNK = 32  # requests per build step: each C-level pass over one chunk holds t
 _DICTIONARY_COLUMNS = ["schema", "experiment", "arm", "model_name", "model_version", "request_id", "unit_id",
                        "ts_ms"]
 _STATISTICS_COLUMNS = ["ts_ms", "model_version"]  # min/max for time and version filters; strings' cost CPU
+
+
+def parquet_writer(sink: Any, schema: Any, compression: str) -> Any:
+    """The Parquet writer of the log's files: dictionary pages for the low-cardinality and
+    per-request columns only, statistics only where readers filter, scores byte-split."""
+    import pyarrow.parquet as pq
+
+    return pq.ParquetWriter(sink, schema, compression=compression, compression_level=_CODECS[compression],
+                            use_dictionary=_DICTIONARY_COLUMNS, write_statistics=_STATISTICS_COLUMNS,
+                            column_encoding={"score": "BYTE_STREAM_SPLIT"}, store_schema=False)
 
 
 # ---- raw request bodies ---------------------------------------------------------------------------
@@ -551,18 +567,15 @@ def request_from_columns(head: tuple, columns: tuple, scores: np.ndarray, order:
     """The `RequestLog` (compacted as `PredictionLog.submit` does) of a request the server's fast
     path handed over as log columns (`_fastpath.FastPath.finish`, log_body=2): `head` the
     request-level fields 0-7 of `RequestLog`, `columns` (ids, keys, kinds, columns, passthrough),
-    all bytes. No Python object per candidate is made: ids and string columns stay joined by NUL
-    until Arrow splits them.
+    all bytes. No Python object per candidate is made: the ids and string columns stay UTF-8
+    bytes joined by NUL (checked here: the count, and valid UTF-8) until `build_table` gathers
+    them into Arrow buffers in rank order (`_logcolumns.gather_joined`).
 
     ValueError when the parts do not fit each other or the scores.
     """
     ids, keys, kinds, cols, passthrough = columns
     n = len(scores)
-    ids = bytes(ids).decode()
-    if (ids.count(_SEP) != n - 1) if n else ids:
-        raise ValueError(f"{n} candidates scored, but the logged ids do not split into as many")
-    if not n:
-        ids = []
+    ids = _joined_bytes(ids, n, "the logged ids")
     if keys is None:
         cp = None
     else:
@@ -572,10 +585,7 @@ def request_from_columns(head: tuple, columns: tuple, scores: np.ndarray, order:
         arrays: list = []
         for key, kind, col in zip(keys, kinds, cols):
             if kind == "s":
-                text = bytes(col).decode()
-                if n and text.count(_SEP) != n - 1:
-                    raise ValueError(f"the logged passthrough column {key!r} does not hold {n} strings")
-                arrays.append(text)
+                arrays.append(_joined_bytes(col, n, f"the logged passthrough column {key!r}"))
             elif kind in _COLUMN_DTYPES:
                 dtype = _COLUMN_DTYPES[kind]
                 if len(col) != n * dtype.itemsize:
@@ -588,6 +598,26 @@ def request_from_columns(head: tuple, columns: tuple, scores: np.ndarray, order:
     if rp is not None and type(rp) is not dict:
         raise ValueError("the logged request passthrough is not an object")
     return RequestLog(*head, ids, scores, order, cp, rp)
+
+
+def _joined_bytes(text: Any, n: int, what: str) -> bytes:
+    """`text` (n UTF-8 strings joined by NUL) as bytes, checked; ValueError naming `what` otherwise."""
+    if type(text) is not bytes:
+        text = bytes(text)
+    if (text.count(b"\0") != n - 1) if n else text:
+        raise ValueError(f"{what} do not split into the {n} candidates scored")
+    if not text.isascii():
+        try:
+            text.decode()
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{what} are not UTF-8 text: {exc}") from None
+    return text
+
+
+def _joined_text(items: Any) -> Any:
+    """A request's items for the general builders: NUL-joined bytes (see `request_from_columns`)
+    as the equal joined str, anything else as it is."""
+    return items.decode() if type(items) is bytes else items
 
 
 # ---- memory ---------------------------------------------------------------------------------------
@@ -678,10 +708,13 @@ def build_table(batch: list[RequestLog]):
         return pa.DictionaryArray.from_arrays(pa.array(req_of_np, mask=missing[req_of_np]),
                                               dictionary.fill_null(pa.scalar(0 if typ == pa.int64() else "", typ)))
 
-    steps = range(0, n, _CHUNK)
-    ids = pa.concat_arrays([_ids_array(candidate_ids[i:i + _CHUNK]) for i in steps])
-    cp = _concat_objects([_passthrough_chunk(candidate_passthrough[i:i + _CHUNK], sizes[i:i + _CHUNK])
-                          for i in steps])
+    if all(type(x) is bytes for x in candidate_ids):  # the server's log columns: gathered in rank order
+        ids = _gathered(candidate_ids, orders, sizes)
+    else:
+        candidate_ids = tuple(map(_joined_text, candidate_ids))
+        ids = pa.concat_arrays([_ids_array(candidate_ids[i:i + _CHUNK]) for i in range(0, n, _CHUNK)]
+                               ).take(flat_pos)
+    cp = _ranked_passthrough(candidate_passthrough, orders, sizes, flat_pos)
     rp = objects_array(list(passthrough))
     columns = [
         pa.array(np.full(total, SCHEMA_VERSION, dtype=np.int16)),
@@ -694,12 +727,56 @@ def build_table(batch: list[RequestLog]):
         per_request(versions, pa.int64()),
         rp.take(req_of),
         _tracking_ids(prefixes, counts, req_of_np, order_all),
-        ids.take(flat_pos),
+        ids,
         pa.array(np.concatenate(scores).astype(np.float64, copy=False)[flat_pos.to_numpy()]),
         pa.array(ranks),
-        cp.take(flat_pos),
+        cp,
     ]
     return pa.Table.from_arrays(columns, schema=log_schema(rp.type, cp.type))
+
+
+def _gathered(joined: tuple, orders: tuple, sizes: np.ndarray):
+    """One Arrow string column of NUL-joined bytes (one per request), items in rank order."""
+    import pyarrow as pa
+
+    from ctrops.serve._logcolumns import gather_joined
+
+    offsets, data = gather_joined(list(joined), list(orders), sizes)
+    return pa.StringArray.from_buffers(len(offsets) - 1, pa.py_buffer(offsets), pa.py_buffer(data))
+
+
+def _ranked_passthrough(items: tuple, orders: tuple, sizes: np.ndarray, flat_pos: Any) -> Any:
+    """The candidate passthrough column of a batch in rank order (`flat_pos`: the returned
+    candidates' positions in the batch's flat list of candidates).
+
+    Requests that all handed the same keys and kinds as columns (the server's log columns,
+    strings as NUL-joined bytes) are gathered column by column with no Python object per
+    candidate; any other batch takes the general builders over `_CHUNK` requests at a time.
+    """
+    import pyarrow as pa
+
+    first = items[0] if items else None
+    if first is None and all(x is None for x in items):
+        return pa.nulls(len(flat_pos))
+    if type(first) is PassthroughColumns:
+        kinds = [_column_kind(c) for c in first.columns]
+        if "str" not in kinds and all(type(x) is PassthroughColumns and x.keys == first.keys
+                                      and [_column_kind(c) for c in x.columns] == kinds for x in items):
+            positions = flat_pos.to_numpy()
+            children = [_gathered(tuple(x.columns[j] for x in items), orders, sizes) if kind == "bytes"
+                        else pa.array(np.concatenate([x.columns[j] for x in items])[positions])
+                        for j, kind in enumerate(kinds)]
+            return pa.StructArray.from_arrays(children, names=list(first.keys))
+    items = tuple(map(_text_columns, items))
+    return _concat_objects([_passthrough_chunk(items[i:i + _CHUNK], sizes[i:i + _CHUNK])
+                            for i in range(0, len(items), _CHUNK)]).take(flat_pos)
+
+
+def _text_columns(item: Any) -> Any:
+    """A request's candidate passthrough for the general builders: joined bytes columns as str."""
+    if type(item) is PassthroughColumns and any(type(c) is bytes for c in item.columns):
+        return PassthroughColumns(item.keys, [_joined_text(c) for c in item.columns])
+    return item
 
 
 def _concat_objects(chunks: list[list]) -> Any:
@@ -856,7 +933,7 @@ def _passthrough_chunk(items: tuple, sizes: np.ndarray) -> Any:
 
 
 def _column_kind(col: Any) -> str:
-    return "str" if isinstance(col, (list, str)) else col.dtype.str
+    return "bytes" if type(col) is bytes else "str" if isinstance(col, (list, str)) else col.dtype.str
 
 
 _SEP = "\x00"
