@@ -343,3 +343,71 @@ def test_populate_gently_maps_every_page_of_the_model(tmp_path, monkeypatch):
         assert not loader.populate_gently(SimpleNamespace(_model=SimpleNamespace(_buffer=b"bytes, not a mapping")))
     finally:
         buf.close()
+
+
+def _locked_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmLck:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmLck in /proc/self/status")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="mlock over /proc/self/status is checked on Linux")
+def test_lock_memory_locks_the_serving_model_and_unlocks_the_retired_one(tmp_path):
+    """model.lock_memory: the serving model's pages are locked (VmLck grows by the file's size), the
+    retired model's are unlocked at the swap, and the locked model scores as before."""
+    before = _locked_kib()
+    publish(tmp_path, make_model_parts("ffm", seed=1), 1)
+    loader = build_loader(config(tmp_path, lock_memory=True))
+    assert loader.reload().outcome == "success"
+    first = loader.state.arms["production"].predictor
+    size1 = next((tmp_path / "cache" / NAME / "1").rglob("*.ctm")).stat().st_size
+    if _locked_kib() == before:
+        pytest.skip("this process may not lock memory (RLIMIT_MEMLOCK without CAP_IPC_LOCK)")
+    assert _locked_kib() - before >= size1 // 1024
+    scores = first.score(CONTEXT, CANDIDATES)
+    publish(tmp_path, make_model_parts("ffm", seed=2), 2)
+    assert loader.reload().outcome == "success"
+    size2 = next((tmp_path / "cache" / NAME / "2").rglob("*.ctm")).stat().st_size
+    assert size2 // 1024 <= _locked_kib() - before <= size2 // 1024 + 8  # version 1 unlocked: only 2's pages
+    np.testing.assert_array_equal(first.score(CONTEXT, CANDIDATES), scores)  # in-flight holders still score
+
+
+def test_a_refused_lock_is_undone_and_the_model_serves_unlocked(tmp_path, monkeypatch, caplog):
+    """When the kernel refuses to lock a slice (RLIMIT_MEMLOCK), the slices already locked are unlocked,
+    a warning says how to allow it, and the version still loads and serves."""
+    import ctypes
+    from functools import partial
+    from types import SimpleNamespace
+
+    from ctrops.serve import loader as loader_mod
+
+    real = loader_mod._libc()
+    if real is None:
+        pytest.skip("no libc through ctypes")
+    calls = []
+
+    def mlock(address, length):
+        calls.append(("mlock", address.value, length.value))
+        if len(calls) > 1:
+            ctypes.set_errno(12)  # ENOMEM: over RLIMIT_MEMLOCK
+            return -1
+        return 0
+
+    def munlock(address, length):
+        calls.append(("munlock", address.value, length.value))
+        return 0
+
+    monkeypatch.setattr(loader_mod, "_libc", lambda: SimpleNamespace(mlock=mlock, munlock=munlock,
+                                                                     madvise=real.madvise))
+    monkeypatch.setattr(loader_mod, "_lock_warned", False)
+    monkeypatch.setattr(loader_mod, "lock_gently", partial(loader_mod.lock_gently, chunk_bytes=4096))
+    publish(tmp_path, make_model_parts("ffm", seed=1), 1)
+    loader = build_loader(config(tmp_path, lock_memory=True))
+    with caplog.at_level("WARNING", logger="ctrops.serve.loader"):
+        assert loader.reload().outcome == "success"
+    predictor = loader.state.arms["production"].predictor
+    assert predictor.score(CONTEXT, CANDIDATES).shape == (len(CANDIDATES),)
+    locks = [c for c in calls if c[0] == "mlock"]
+    assert len(locks) == 2 and calls[2] == ("munlock", locks[0][1], locks[0][2])  # the first slice, undone
+    assert "could not lock" in caplog.text and "RLIMIT_MEMLOCK" in caplog.text

@@ -109,7 +109,8 @@ def _head_tail(experiment: str, arm: str, version: int | None) -> str:
 def build_loader(config: ServingConfig, metrics: ServerMetrics | None = None) -> ServingLoader:
     m = config.model
     store = ModelStore(m.storage, m.name, cache_dir=m.cache_dir, max_bytes=m.max_bytes,
-                       canary_tolerance=m.canary_tolerance, require_canary=m.require_canary)
+                       canary_tolerance=m.canary_tolerance, require_canary=m.require_canary,
+                       lock_memory=m.lock_memory)
     return ServingLoader(store, config.load_experiment, metrics=metrics, poll_seconds=m.poll_seconds)
 
 

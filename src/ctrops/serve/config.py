@@ -45,6 +45,7 @@ class ModelConfig:
     canary_tolerance: float = 1e-4
     require_canary: bool = False
     storage_options: dict | None = None
+    lock_memory: bool = False  # mlock each loaded model's pages (exempt from the kernel's reclaim); see docs/serving.md
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,7 @@ class ModelStore:
     def __init__(self, storage_url: str, model_name: str, *, cache_dir: str | Path,
                  max_bytes: int | None = None, canary_tolerance: float | None = 1e-4,
                  require_canary: bool = False, validate_in_subprocess: bool = True,
-                 validate_timeout: float = 1800.0) -> None:
+                 validate_timeout: float = 1800.0, lock_memory: bool = False) -> None:
         self.storage_url = storage_url
         self.model_name = model_name
         self.cache_dir = Path(cache_dir) / model_name
@@ -70,6 +70,7 @@ class ModelStore:
         self.require_canary = require_canary
         self.validate_in_subprocess = validate_in_subprocess
         self.validate_timeout = validate_timeout
+        self.lock_memory = lock_memory
 
     def manifest(self) -> Any:
         from ctrops.artifact.manifest import read_manifest
@@ -133,6 +134,8 @@ class ModelStore:
             model.close()
             raise VersionRefused(version, "format", f"cannot build the predictor: {exc}") from exc
         populate_gently(predictor)
+        if self.lock_memory:
+            lock_gently(predictor)
         try:
             self._check_canary(predictor, entry, version)
         except BaseException:
@@ -520,6 +523,57 @@ def populate_gently(predictor: Any, chunk_bytes: int = POPULATE_CHUNK_BYTES, dut
     return True
 
 
+def lock_gently(predictor: Any, chunk_bytes: int = POPULATE_CHUNK_BYTES, duty: float = 0.5) -> bool:
+    """mlock() a new model's mapping, in slices as `populate_gently` maps it; whether it is locked.
+
+    Why: a model's pages are file pages the kernel may reclaim when they look
+    cold, and a model of 1e6 features has many rows a few requests touch a
+    minute. A machine with proactive reclaim (here: DAMON's `pageout` of
+    regions idle for a minute, which also splits the 2 MiB mappings) then turns
+    those requests into page faults and reads; locked pages are never
+    reclaimed. The price: the memory cannot be given back under pressure.
+
+    Needs CAP_IPC_LOCK or an RLIMIT_MEMLOCK above the file's size; when the
+    kernel refuses, whatever was locked is unlocked again, a warning says why
+    (once per process) and the model serves unlocked.
+    """
+    import ctypes
+
+    view = _mapping(predictor)
+    libc = _libc()
+    if view is None or libc is None:
+        return False
+    base, size = view.ctypes.data, view.size
+    page = os.sysconf("SC_PAGE_SIZE")
+    chunk = max(page, chunk_bytes - chunk_bytes % page)
+    for offset in range(0, size, chunk):
+        started = time.perf_counter()
+        if libc.mlock(ctypes.c_void_p(base + offset), ctypes.c_size_t(min(chunk, size - offset))) != 0:
+            err = ctypes.get_errno()
+            libc.munlock(ctypes.c_void_p(base), ctypes.c_size_t(offset))
+            global _lock_warned
+            if not _lock_warned:
+                _lock_warned = True
+                log.warning("model.lock_memory: could not lock the model's %d MiB in memory (%s); serving it "
+                            "unlocked. Raise RLIMIT_MEMLOCK (ulimit -l, LimitMEMLOCK= in systemd, "
+                            "--ulimit memlock= in docker) or grant CAP_IPC_LOCK", size >> 20, os.strerror(err))
+            return False
+        if duty < 1.0:
+            time.sleep((time.perf_counter() - started) * (1.0 - duty) / duty)
+    return True
+
+
+def unlock(predictor: Any) -> bool:
+    """munlock() a predictor's mapping (a retired model: MADV_DONTNEED refuses locked pages)."""
+    import ctypes
+
+    view = _mapping(predictor)
+    libc = _libc()
+    return view is not None and libc is not None and \
+        libc.munlock(ctypes.c_void_p(view.ctypes.data), ctypes.c_size_t(view.size)) == 0
+
+
+_lock_warned = False
 _libc_handle: Any = None
 
 
@@ -531,6 +585,9 @@ def _libc() -> Any:
             _libc_handle = ctypes.CDLL(None, use_errno=True)
             _libc_handle.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
             _libc_handle.madvise.restype = ctypes.c_int
+            for name in ("mlock", "munlock"):
+                getattr(_libc_handle, name).argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+                getattr(_libc_handle, name).restype = ctypes.c_int
         except (OSError, AttributeError):
             _libc_handle = False
     return _libc_handle or None
@@ -541,6 +598,7 @@ def release_unused(old: ServingState, new: ServingState) -> None:
     keep = {id(am.predictor) for am in new.arms.values() if am.predictor is not None}
     for am in old.arms.values():
         if am.predictor is not None and id(am.predictor) not in keep:
+            unlock(am.predictor)  # nothing to do unless model.lock_memory locked it
             advise(am.predictor, MADV_DONTNEED)
 
 
