@@ -49,12 +49,14 @@ def serving_versions(port: int, samples: int = 8) -> set:
     return seen
 
 
-def start_server(storage: Path, workers: int, runtime: str, log_dir: Path | None, cache: Path) -> w.Server:
+def start_server(storage: Path, workers: int, runtime: str, log_dir: Path | None, cache: Path,
+                 interface: str = "rsgi", lock_memory: bool = False) -> w.Server:
     """serve_workload's ctrops server, with a cache folder of its own (emptied: every version is fetched)."""
     import yaml
 
     port = w.free_port()
-    cfg_path = w.ctrops_config(storage, port, workers, runtime, log_dir, poll_seconds=1.0)
+    cfg_path = w.ctrops_config(storage, port, workers, runtime, log_dir, poll_seconds=1.0, interface=interface,
+                               lock_memory=lock_memory)
     cfg = yaml.safe_load(cfg_path.read_text())
     cfg["model"]["cache_dir"] = str(cache)
     shutil.rmtree(cache, ignore_errors=True)
@@ -142,6 +144,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--runtime", default="granian", choices=["granian", "uvicorn"])
     ap.add_argument("--no-log", action="store_true", help="run the server without the prediction log")
+    ap.add_argument("--interface", default="rsgi", choices=["rsgi", "asgi", "wsgi"], help="granian's interface")
+    ap.add_argument("--lock-memory", action="store_true", help="model.lock_memory: mlock the models' pages")
     args = ap.parse_args()
     n_features = 50_000 if args.quick else 1_000_000
     rate = min(args.rate, 200.0) if args.quick else args.rate
@@ -158,7 +162,8 @@ def main() -> None:
     log_dir = None if args.no_log else w.OUT / "prediction-log-reload"
     if log_dir is not None:
         shutil.rmtree(log_dir, ignore_errors=True)
-    server = start_server(storage, args.workers, args.runtime, log_dir, w.OUT / "cache-reload")
+    server = start_server(storage, args.workers, args.runtime, log_dir, w.OUT / "cache-reload", args.interface,
+                          args.lock_memory)
     events = []
     try:
         w.open_loop_subprocess(server.port, bodies, "/v1/predict", min(rate, 500), 3)  # warm up
@@ -187,7 +192,8 @@ def main() -> None:
     steady = [v for s, v in enumerate(per_sec) if s not in swap_secs and s > 0]
     pooled = pooled_p99(res.pop("samples", None), events, duration)
     size_mb = models[0].stat().st_size / 2**20
-    result = {"rate": rate, "duration_s": duration, "client": load.kind, "prediction_log": log_dir is not None,
+    result = {"rate": rate, "interface": args.interface, "lock_memory": args.lock_memory, "duration_s": duration, "client": load.kind,
+              "prediction_log": log_dir is not None,
               "events": events, "load": res,
               # the issue's "p99 during the swap": every request of a swap's window, pooled
               "p99_during_swaps_ms": pooled["all"], "p99_per_swap_ms": pooled["per_swap"],
