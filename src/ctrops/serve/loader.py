@@ -28,7 +28,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -508,19 +508,29 @@ def populate_gently(predictor: Any, chunk_bytes: int = POPULATE_CHUNK_BYTES, dut
     Instead each slice's madvise runs without the GIL, and sleeping as long as
     the slice took caps its CPU use at `duty` of one core.
     """
+    done, _, _ = _in_slices(predictor, chunk_bytes, duty,
+                            lambda address, length: _madvise(address, length, MADV_POPULATE_READ))
+    return done
+
+
+def _in_slices(predictor: Any, chunk_bytes: int, duty: float,
+               step: Callable[[int, int], bool]) -> tuple[bool, int, int]:
+    """`step(address, length)` over a predictor's mapping in page-aligned slices of `chunk_bytes`,
+    sleeping after each as long as it took over `duty`: (every step succeeded, the mapping's
+    address, the bytes done before a step failed). (False, 0, 0) without a mapping."""
     view = _mapping(predictor)
     if view is None:
-        return False
+        return False, 0, 0
     base, size = view.ctypes.data, view.size
     page = os.sysconf("SC_PAGE_SIZE")
     chunk = max(page, chunk_bytes - chunk_bytes % page)
     for offset in range(0, size, chunk):
         started = time.perf_counter()
-        if not _madvise(base + offset, min(chunk, size - offset), MADV_POPULATE_READ):
-            return False
+        if not step(base + offset, min(chunk, size - offset)):
+            return False, base, offset
         if duty < 1.0:
             time.sleep((time.perf_counter() - started) * (1.0 - duty) / duty)
-    return True
+    return True, base, size
 
 
 def lock_gently(predictor: Any, chunk_bytes: int = POPULATE_CHUNK_BYTES, duty: float = 0.5) -> bool:
@@ -528,10 +538,9 @@ def lock_gently(predictor: Any, chunk_bytes: int = POPULATE_CHUNK_BYTES, duty: f
 
     Why: a model's pages are file pages the kernel may reclaim when they look
     cold, and a model of 1e6 features has many rows a few requests touch a
-    minute. A machine with proactive reclaim (here: DAMON's `pageout` of
-    regions idle for a minute, which also splits the 2 MiB mappings) then turns
-    those requests into page faults and reads; locked pages are never
-    reclaimed. The price: the memory cannot be given back under pressure.
+    minute. A host under memory pressure or with proactive reclaim (this one
+    runs DAMON's `pageout` of regions idle for a minute) then turns those
+    requests into page faults and reads; locked pages are never reclaimed. The price: the memory cannot be given back under pressure.
 
     Needs CAP_IPC_LOCK or an RLIMIT_MEMLOCK above the file's size; when the
     kernel refuses, whatever was locked is unlocked again, a warning says why
@@ -539,28 +548,22 @@ def lock_gently(predictor: Any, chunk_bytes: int = POPULATE_CHUNK_BYTES, duty: f
     """
     import ctypes
 
-    view = _mapping(predictor)
     libc = _libc()
-    if view is None or libc is None:
+    if libc is None:
         return False
-    base, size = view.ctypes.data, view.size
-    page = os.sysconf("SC_PAGE_SIZE")
-    chunk = max(page, chunk_bytes - chunk_bytes % page)
-    for offset in range(0, size, chunk):
-        started = time.perf_counter()
-        if libc.mlock(ctypes.c_void_p(base + offset), ctypes.c_size_t(min(chunk, size - offset))) != 0:
-            err = ctypes.get_errno()
-            libc.munlock(ctypes.c_void_p(base), ctypes.c_size_t(offset))
-            global _lock_warned
-            if not _lock_warned:
-                _lock_warned = True
-                log.warning("model.lock_memory: could not lock the model's %d MiB in memory (%s); serving it "
-                            "unlocked. Raise RLIMIT_MEMLOCK (ulimit -l, LimitMEMLOCK= in systemd, "
-                            "--ulimit memlock= in docker) or grant CAP_IPC_LOCK", size >> 20, os.strerror(err))
-            return False
-        if duty < 1.0:
-            time.sleep((time.perf_counter() - started) * (1.0 - duty) / duty)
-    return True
+    done, base, locked = _in_slices(predictor, chunk_bytes, duty, lambda address, length: libc.mlock(
+        ctypes.c_void_p(address), ctypes.c_size_t(length)) == 0)
+    if done or not base:
+        return done
+    err = ctypes.get_errno()
+    libc.munlock(ctypes.c_void_p(base), ctypes.c_size_t(locked))
+    global _lock_warned
+    if not _lock_warned:
+        _lock_warned = True
+        log.warning("model.lock_memory: could not lock the model's pages in memory (%s); serving it unlocked. "
+                    "Raise RLIMIT_MEMLOCK (ulimit -l, LimitMEMLOCK= in systemd, --ulimit memlock= in docker) "
+                    "or grant CAP_IPC_LOCK", os.strerror(err))
+    return False
 
 
 def unlock(predictor: Any) -> bool:
