@@ -68,7 +68,7 @@ class RequestLog(NamedTuple):
     model_name: str | None
     model_version: int | None
     tracking_prefix: str
-    candidate_ids: list[Any]
+    candidate_ids: Any             # a list; or one str (`compact_ids`) or UTF-8 bytes (log columns) joined by NUL
     scores: np.ndarray             # per input candidate
     order: np.ndarray              # input positions of the returned candidates, best first
     candidate_passthrough: list[dict | None]
@@ -861,8 +861,9 @@ def compact_ids(ids: list) -> Any:
 
 class PassthroughColumns(NamedTuple):
     """A request's candidate passthrough objects, all with the same keys: one column per key
-    (a NumPy array for numbers and booleans; for strings a list, or one str of them joined by NUL
-    as the server's fast path hands them over, see `request_from_columns`)."""
+    (a NumPy array for numbers and booleans; for strings a list, one str of them joined by NUL
+    (`compact_objects`), or their UTF-8 bytes joined by NUL as the server's fast path hands them
+    over, see `request_from_columns`)."""
 
     keys: tuple
     columns: list
