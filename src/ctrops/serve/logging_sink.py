@@ -755,18 +755,15 @@ def _ranked_passthrough(items: tuple, orders: tuple, sizes: np.ndarray, flat_pos
     """
     import pyarrow as pa
 
-    first = items[0] if items else None
-    if first is None and all(x is None for x in items):
+    if all(x is None for x in items):
         return pa.nulls(len(flat_pos))
-    if type(first) is PassthroughColumns:
-        kinds = [_column_kind(c) for c in first.columns]
-        if "str" not in kinds and all(type(x) is PassthroughColumns and x.keys == first.keys
-                                      and [_column_kind(c) for c in x.columns] == kinds for x in items):
-            positions = flat_pos.to_numpy()
-            children = [_gathered(tuple(x.columns[j] for x in items), orders, sizes) if kind == "bytes"
-                        else pa.array(np.concatenate([x.columns[j] for x in items])[positions])
-                        for j, kind in enumerate(kinds)]
-            return pa.StructArray.from_arrays(children, names=list(first.keys))
+    kinds = _shared_kinds(items)
+    if kinds is not None and "str" not in kinds:
+        positions = flat_pos.to_numpy()
+        children = [_gathered(tuple(x.columns[j] for x in items), orders, sizes) if kind == "bytes"
+                    else pa.array(np.concatenate([x.columns[j] for x in items])[positions])
+                    for j, kind in enumerate(kinds)]
+        return pa.StructArray.from_arrays(children, names=list(items[0].keys))
     items = tuple(map(_text_columns, items))
     return _concat_objects([_passthrough_chunk(items[i:i + _CHUNK], sizes[i:i + _CHUNK])
                             for i in range(0, len(items), _CHUNK)]).take(flat_pos)
@@ -909,17 +906,15 @@ def _passthrough_chunk(items: tuple, sizes: np.ndarray) -> Any:
 
     if all(x is None for x in items):
         return pa.nulls(int(sizes.sum()))
-    if all(type(x) is PassthroughColumns for x in items):
-        keys = items[0].keys
-        kinds = [_column_kind(c) for c in items[0].columns]
-        if all(x.keys == keys and [_column_kind(c) for c in x.columns] == kinds for x in items):
-            children = []
-            for j, kind in enumerate(kinds):
-                if kind == "str":
-                    children.append(_joined_or_listed(tuple(x.columns[j] for x in items)))
-                else:
-                    children.append(pa.array(np.concatenate([x.columns[j] for x in items])))
-            return pa.StructArray.from_arrays(children, names=list(keys))
+    kinds = _shared_kinds(items)
+    if kinds is not None:
+        children = []
+        for j, kind in enumerate(kinds):
+            if kind == "str":
+                children.append(_joined_or_listed(tuple(x.columns[j] for x in items)))
+            else:
+                children.append(pa.array(np.concatenate([x.columns[j] for x in items])))
+        return pa.StructArray.from_arrays(children, names=list(items[0].keys))
     out: list = []
     for x, n in zip(items, sizes.tolist()):
         if x is None:
@@ -931,6 +926,16 @@ def _passthrough_chunk(items: tuple, sizes: np.ndarray) -> Any:
         else:
             out.extend(x)
     return out
+
+
+def _shared_kinds(items: tuple) -> list[str] | None:
+    """The column kinds (`_column_kind`) when every request handed its candidate passthrough as
+    `PassthroughColumns` with the same keys and kinds, else None."""
+    if not items or not all(type(x) is PassthroughColumns for x in items):
+        return None
+    keys, kinds = items[0].keys, [_column_kind(c) for c in items[0].columns]
+    same = all(x.keys == keys and [_column_kind(c) for c in x.columns] == kinds for x in items)
+    return kinds if same else None
 
 
 def _column_kind(col: Any) -> str:
