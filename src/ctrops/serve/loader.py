@@ -327,7 +327,7 @@ class ServingLoader:
         self.startup_error = None if new.ready else "; ".join(new.problems)
         self._publish_metrics(new)
         if current is not None:
-            release_unused(current, new)
+            release_unused(current, new, locked=self.store.lock_memory)
         return ReloadResult("success", f"experiment {definition.name!r}: " + ", ".join(
             f"{n}={v if v is not None else '-'}" for n, v in new.versions().items()), refused_now)
 
@@ -540,7 +540,8 @@ def lock_gently(predictor: Any, chunk_bytes: int = POPULATE_CHUNK_BYTES, duty: f
     cold, and a model of 1e6 features has many rows a few requests touch a
     minute. A host under memory pressure or with proactive reclaim (this one
     runs DAMON's `pageout` of regions idle for a minute) then turns those
-    requests into page faults and reads; locked pages are never reclaimed. The price: the memory cannot be given back under pressure.
+    requests into page faults and reads; locked pages are never reclaimed.
+    The price: the memory cannot be given back under pressure.
 
     Needs CAP_IPC_LOCK or an RLIMIT_MEMLOCK above the file's size; when the
     kernel refuses, whatever was locked is unlocked again, a warning says why
@@ -556,7 +557,7 @@ def lock_gently(predictor: Any, chunk_bytes: int = POPULATE_CHUNK_BYTES, duty: f
     if done or not base:
         return done
     err = ctypes.get_errno()
-    libc.munlock(ctypes.c_void_p(base), ctypes.c_size_t(locked))
+    _munlock(libc, base, locked)
     global _lock_warned
     if not _lock_warned:
         _lock_warned = True
@@ -568,12 +569,15 @@ def lock_gently(predictor: Any, chunk_bytes: int = POPULATE_CHUNK_BYTES, duty: f
 
 def unlock(predictor: Any) -> bool:
     """munlock() a predictor's mapping (a retired model: MADV_DONTNEED refuses locked pages)."""
-    import ctypes
-
     view = _mapping(predictor)
     libc = _libc()
-    return view is not None and libc is not None and \
-        libc.munlock(ctypes.c_void_p(view.ctypes.data), ctypes.c_size_t(view.size)) == 0
+    return view is not None and libc is not None and _munlock(libc, view.ctypes.data, view.size)
+
+
+def _munlock(libc: Any, address: int, length: int) -> bool:
+    import ctypes
+
+    return libc.munlock(ctypes.c_void_p(address), ctypes.c_size_t(length)) == 0
 
 
 _lock_warned = False
@@ -596,12 +600,14 @@ def _libc() -> Any:
     return _libc_handle or None
 
 
-def release_unused(old: ServingState, new: ServingState) -> None:
-    """Tear down the page tables of models the new state no longer uses (see `advise`)."""
+def release_unused(old: ServingState, new: ServingState, locked: bool = False) -> None:
+    """Tear down the page tables of models the new state no longer uses (see `advise`), unlocking
+    them first when they were locked (`model.lock_memory`)."""
     keep = {id(am.predictor) for am in new.arms.values() if am.predictor is not None}
     for am in old.arms.values():
         if am.predictor is not None and id(am.predictor) not in keep:
-            unlock(am.predictor)  # nothing to do unless model.lock_memory locked it
+            if locked:
+                unlock(am.predictor)
             advise(am.predictor, MADV_DONTNEED)
 
 
