@@ -33,7 +33,7 @@ from ctrops.errors import CtropsError, DataError
 from ctrops.serve.config import ServingConfig
 from ctrops.serve.loader import ModelStore, ServingLoader
 from ctrops.serve.logging_sink import PredictionLog, RequestLog
-from ctrops.serve.metrics import ServerMetrics
+from ctrops.serve.metrics import RequestTally, ServerMetrics
 from ctrops.serve.schema import RequestError, openapi_document, request_parser
 from ctrops.serve.tracking import MAX_CANDIDATES, TrackingIds
 
@@ -128,7 +128,7 @@ class PredictionService:
         self.rng = np.random.default_rng()
         self.debug_every = config.log.debug_every if config.log is not None else 0
         self.requests = 0
-        self._arm_counters: dict[str, Any] = {}
+        self.tally = RequestTally(metrics)  # per-request metrics, added to Prometheus in batches
         # The native fast path (None: every request takes the general path). It logs through
         # submit_columns / submit_request (never Python lists of ids), so a log without
         # submit_request keeps requests on the general path.
@@ -161,7 +161,7 @@ class PredictionService:
             self.metrics.errors.labels("internal").inc()
             status = 500
             out = _dumps({"error": "internal", "message": f"{type(exc).__name__}: {exc}"}).encode()
-        self.metrics.latency.observe(time.perf_counter() - t0)
+        self.tally.latency(time.perf_counter() - t0)
         return status, out
 
     def _predict(self, body: bytes) -> bytes:
@@ -222,11 +222,7 @@ class PredictionService:
         return out
 
     def _count(self, arm: str, n: int) -> None:
-        counter = self._arm_counters.get(arm)
-        if counter is None:
-            counter = self._arm_counters[arm] = self.metrics.predictions.labels(arm)
-        counter.inc()
-        self.metrics.candidates.inc(n)
+        self.tally.prediction(arm, n)
         self.requests += 1
 
     def _predict_general(self, body: bytes) -> bytes:
@@ -327,6 +323,7 @@ def create_app(config: ServingConfig, *, loader: ServingLoader | None = None,
         return JSONResponse(body, status_code=200 if state.ready else 503)
 
     async def metrics_endpoint(request: Request) -> Response:
+        service.tally.flush()  # this worker's latest requests; other workers' reach the files within 0.1 s
         if prediction_log is not None:
             metrics.log_queue_depth.set(prediction_log.depth)
         return Response(metrics.render(), media_type=metrics.content_type)
@@ -362,6 +359,7 @@ def create_app(config: ServingConfig, *, loader: ServingLoader | None = None,
                 loader.reload()
             if prediction_log is not None:
                 prediction_log.start()
+            service.tally.start()
             loader.start_watcher()
             # Everything alive now (modules, the model's tables, the app) lives until exit: moving it
             # out of the collector's generations keeps a full collection, which the log writer's
@@ -372,6 +370,7 @@ def create_app(config: ServingConfig, *, loader: ServingLoader | None = None,
         """Per-worker stop (SIGTERM through the runtime's graceful shutdown): drain the log."""
         if start_background:
             loader.stop_watcher()
+            service.tally.close()
             if prediction_log is not None:
                 prediction_log.close(timeout=config.server.shutdown_timeout)
 

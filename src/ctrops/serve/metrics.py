@@ -9,6 +9,9 @@ scrape sees the worker that answered it.
 from __future__ import annotations
 
 import os
+import threading
+import time
+from bisect import bisect_left
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -57,3 +60,108 @@ class ServerMetrics:
             multiprocess.MultiProcessCollector(registry)
             return generate_latest(registry)
         return generate_latest(self.registry)
+
+
+class RequestTally:
+    """A worker's per-request metrics (latency, predictions by arm, candidates), added to the
+    Prometheus metrics in batches instead of one write per request.
+
+    Why: in prometheus-client's multiprocess mode (every multi-worker server) each
+    inc() and observe() takes a lock and writes into a memory-mapped file, about
+    6 µs per prediction for these three metrics on the request thread, which
+    is also the thread whose delay is the client's latency. Plain Python
+    counts cost well under a microsecond. They reach the shared files at most
+    every `max_age` seconds while requests flow, within `idle_flush` seconds
+    when they stop (a daemon thread), and always before this worker renders
+    /metrics, so a scrape answered by this worker is exact and one answered by
+    another worker is at most that late.
+
+    The histogram is filled through its bucket and sum values (prometheus-client's
+    own layout since 0.4); where that layout is missing, latency falls back to
+    one observe() per request, so the figures stay right either way.
+    """
+
+    def __init__(self, metrics: "ServerMetrics", max_age: float = 0.1, idle_flush: float = 0.5) -> None:
+        self.metrics = metrics
+        self.max_age = max_age
+        self.idle_flush = idle_flush
+        h = metrics.latency
+        bounds = getattr(h, "_upper_bounds", None)
+        buckets, total = getattr(h, "_buckets", None), getattr(h, "_sum", None)
+        self._batched_latency = (bounds is not None and buckets is not None and total is not None
+                                 and len(bounds) == len(buckets) and bounds[-1] == float("inf"))
+        self._bounds = list(bounds[:-1]) if self._batched_latency else []
+        self._lock = threading.Lock()
+        self._reset()
+        self._due = time.monotonic() + max_age
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def _reset(self) -> None:
+        self._bucket_counts = [0] * (len(self._bounds) + 1)
+        self._latency_sum = 0.0
+        self._by_arm: dict[str, int] = {}
+        self._candidates = 0
+        self._pending = False
+
+    def prediction(self, arm: str, n_candidates: int) -> None:
+        """Count one scored request of `arm` with `n_candidates` candidates."""
+        with self._lock:
+            self._by_arm[arm] = self._by_arm.get(arm, 0) + 1
+            self._candidates += n_candidates
+            self._pending = True
+
+    def latency(self, seconds: float) -> None:
+        """Count one answered /v1/predict (any status) that took `seconds`; flushes when due."""
+        if not self._batched_latency:
+            self.metrics.latency.observe(seconds)
+        else:
+            i = bisect_left(self._bounds, seconds)  # Prometheus buckets hold value <= bound
+            with self._lock:
+                self._bucket_counts[i] += 1
+                self._latency_sum += seconds
+                self._pending = True
+        now = time.monotonic()
+        if now >= self._due:
+            self._due = now + self.max_age
+            self.flush()
+
+    def flush(self) -> None:
+        """Add everything counted so far to the Prometheus metrics."""
+        with self._lock:
+            if not self._pending:
+                return
+            counts, total, by_arm, candidates = (self._bucket_counts, self._latency_sum, self._by_arm,
+                                                 self._candidates)
+            self._reset()
+        m = self.metrics
+        for arm, n in by_arm.items():
+            m.predictions.labels(arm).inc(n)
+        if candidates:
+            m.candidates.inc(candidates)
+        if self._batched_latency and any(counts):
+            h = m.latency
+            h._sum.inc(total)
+            for i, n in enumerate(counts):
+                if n:
+                    h._buckets[i].inc(n)
+
+    def start(self) -> "RequestTally":
+        """Flush in the background while requests pause (idempotent; call after the fork)."""
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="ctrops-metrics-flush", daemon=True)
+            self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """Stop the background flush and flush what is left."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        self.flush()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.idle_flush):
+            self.flush()
