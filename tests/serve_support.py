@@ -113,3 +113,17 @@ def reference_scores(model, context: dict, candidates: list[dict]) -> np.ndarray
 
     params, enc = model
     return reference.predict_proba(params, enc.transform([{**context, **c} for c in candidates]))
+
+
+def kernel_has_custom_slices() -> bool:
+    """Whether this machine gives a thread the scheduler slice it asks for (Linux 6.12+, x86-64/arm64)."""
+    import subprocess
+    import sys
+
+    from ctrops.serve import sched
+
+    if not sched.supported():
+        return False
+    code = "from ctrops.serve import sched\nsched.set_thread_slice(0, 300)\nprint(sched.thread_slice_us(0))\n"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    return out.returncode == 0 and out.stdout.strip() == "300"

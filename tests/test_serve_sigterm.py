@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from ctrops.artifact.manifest import publish_model
-from serve_support import make_model, save
+from serve_support import kernel_has_custom_slices, make_model, save
 
 pytestmark = pytest.mark.slow
 
@@ -43,6 +43,13 @@ def descendants(pid: int) -> set[int]:
     return out
 
 
+def _slice_ns(task: Path) -> int | None:
+    for line in (task / "sched").read_text().splitlines():
+        if line.startswith("se.slice"):
+            return int(line.split()[-1])
+    return None
+
+
 def alive(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][0] != "Z"
@@ -59,7 +66,8 @@ def test_sigterm_flushes_every_served_tracking_id(tmp_path: Path, runtime: str, 
     port = free_port()
     (tmp_path / "serving.yaml").write_text(
         f"model: {{storage: store, name: ctr, cache_dir: cache, poll_seconds: 0}}\n"
-        f"server: {{host: 127.0.0.1, port: {port}, workers: 1, runtime: {runtime}, interface: {interface}}}\n"
+        f"server: {{host: 127.0.0.1, port: {port}, workers: 1, runtime: {runtime}, interface: {interface}, "
+        f"sched_slice_us: 300}}\n"
         f"log: {{path: logs, format: jsonl, flush_seconds: 30, rotate_seconds: 3600, writer: {writer}}}\n")
     # flush_seconds=30: nothing is written before SIGTERM unless shutdown drains the queue
     proc = subprocess.Popen([sys.executable, "-m", "ctrops.cli_serve", "--config", str(tmp_path / "serving.yaml")],
@@ -86,6 +94,13 @@ def test_sigterm_flushes_every_served_tracking_id(tmp_path: Path, runtime: str, 
         children = descendants(proc.pid)
         writers = {p for p in children if b"ctrops.serve.log_writer" in Path(f"/proc/{p}/cmdline").read_bytes()}
         assert len(writers) == (1 if writer == "process" else 0)
+        if kernel_has_custom_slices():  # server.sched_slice_us: every thread of the worker, none of the writer
+            workers = {p for p in children - writers if b"ctrops" in Path(f"/proc/{p}/cmdline").read_bytes()}
+            workers = workers or {proc.pid}  # uvicorn with one worker serves in the server process itself
+            for p in workers:
+                assert {_slice_ns(task) for task in Path(f"/proc/{p}/task").glob("*")} == {300_000}
+            for p in writers:  # SCHED_IDLE, its own process: left alone
+                assert 300_000 not in {_slice_ns(task) for task in Path(f"/proc/{p}/task").glob("*")}
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
         survivors = {p: Path(f"/proc/{p}/cmdline").read_bytes() for p in children if alive(p)}

@@ -355,6 +355,9 @@ def create_app(config: ServingConfig, *, loader: ServingLoader | None = None,
             # switch interval, every socket call of the event loop can wait up to 5 ms to get the
             # GIL back from them (the "convoy effect"); 0.5 ms bounds that wait.
             sys.setswitchinterval(min(sys.getswitchinterval(), config.server.gil_switch_interval))
+            if config.server.sched_slice_us:
+                from ctrops.serve.sched import shorten_slices
+                shorten_slices(config.server.sched_slice_us)  # the runtime's threads are up; later ones inherit
             if load and loader.state is None:
                 loader.reload()
             if prediction_log is not None:

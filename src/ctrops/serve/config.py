@@ -11,7 +11,7 @@
     experiment: experiment.yaml      # path (relative to this file) or inline mapping; omitted:
                                      # all traffic to alias 'production'
     server: {host: 127.0.0.1, port: 8000, workers: 2, runtime: granian, interface: rsgi,
-             admin_token_env: CTROPS_ADMIN_TOKEN}
+             admin_token_env: CTROPS_ADMIN_TOKEN, sched_slice_us: 0}
     limits: {max_candidates: 1000, max_fields: 256, max_body_bytes: 2000000}
     log: {path: ./prediction-logs, format: parquet, rotate_records: 1000000,
           rotate_seconds: 300, queue_size: 20000, debug_every: 1000}
@@ -30,6 +30,7 @@ from ctrops.errors import ConfigError
 from ctrops.experiments.definition import ExperimentDefinition
 from ctrops.serve.log_config import LogConfig
 from ctrops.serve.schema import Limits
+from ctrops.serve.sched import MAX_SLICE_US, MIN_SLICE_US
 
 RUNTIMES = ("granian", "uvicorn")
 INTERFACES = ("rsgi", "asgi", "wsgi")  # granian's; uvicorn always speaks ASGI
@@ -59,6 +60,7 @@ class ServerConfig:
     shutdown_timeout: float = 30.0
     gil_switch_interval: float = 0.0005  # seconds; see app.lifespan (background threads vs the event loop)
     interface: str = "rsgi"              # granian only: "rsgi" (native), "wsgi" (cheapest per request) or "asgi"
+    sched_slice_us: int = 0              # workers' scheduler slice (Linux 6.12+), 0: the kernel's; see serve/sched.py
 
     def resolved_admin_token(self) -> str | None:
         """The token from the environment variable wins over the file (keep secrets out of YAML)."""
@@ -115,6 +117,10 @@ class ServingConfig:
             raise ConfigError(f"{source}: server.interface must be one of {INTERFACES}, got {server.interface!r}")
         if server.workers < 1:
             raise ConfigError(f"{source}: server.workers must be at least 1")
+        if (type(server.sched_slice_us) is not int or server.sched_slice_us != 0
+                and not MIN_SLICE_US <= server.sched_slice_us <= MAX_SLICE_US):
+            raise ConfigError(f"{source}: server.sched_slice_us must be 0 (the kernel's slice) or an integer "
+                              f"from {MIN_SLICE_US} to {MAX_SLICE_US} microseconds, got {server.sched_slice_us!r}")
         try:
             limits = _section(Limits, raw.get("limits") or {}, f"{source}: limits")
         except ValueError as exc:
