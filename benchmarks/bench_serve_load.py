@@ -134,6 +134,8 @@ def main() -> None:
     ap.add_argument("--skip-sweep", action="store_true")
     ap.add_argument("--no-log", action="store_true", help="run the server without the prediction log")
     ap.add_argument("--lock-memory", action="store_true", help="model.lock_memory: mlock the model's pages")
+    ap.add_argument("--sched-slice-us", type=int, default=0,
+                    help="server.sched_slice_us: the workers' scheduler slice (0: the kernel's)")
     ap.add_argument("--log-writer", default="process", choices=["process", "thread"],
                     help="log.writer: a writer process per worker (default) or a thread in each worker")
     args = ap.parse_args()
@@ -152,16 +154,18 @@ def main() -> None:
     size_mb = model.stat().st_size / 2**20
     print(f"model {model.name}: {size_mb:.0f} MiB; {args.runtime} ({args.interface}), {args.workers} workers, "
           f"prediction log {'off' if args.no_log else f'on (parquet, {args.log_writer} writer)'}; load: {args.client}; 2 cores shared by "
-          f"server and load generator{'; model pages locked (model.lock_memory)' if args.lock_memory else ''}",
+          f"server and load generator{'; model pages locked (model.lock_memory)' if args.lock_memory else ''}"
+          f"{f'; worker scheduler slice {args.sched_slice_us} µs' if args.sched_slice_us else ''}",
           flush=True)
 
     log_dir = w.OUT / "prediction-log"
     shutil.rmtree(log_dir, ignore_errors=True)
     server = w.start_ctrops(storage, args.workers, args.runtime, None if args.no_log else log_dir,
-                            interface=args.interface, log_writer=args.log_writer, lock_memory=args.lock_memory)
+                            interface=args.interface, log_writer=args.log_writer, lock_memory=args.lock_memory,
+                            sched_slice_us=args.sched_slice_us)
     result: dict = {"runtime": args.runtime, "interface": args.interface, "workers": args.workers,
                     "client": args.client, "model_mib": round(size_mb, 1), "prediction_log": not args.no_log,
-                    "lock_memory": args.lock_memory,
+                    "lock_memory": args.lock_memory, "sched_slice_us": args.sched_slice_us,
                     "log_writer": None if args.no_log else args.log_writer,
                     "loadavg_start": os.getloadavg()}
     try:

@@ -207,11 +207,11 @@ def start(name: str, argv: list[str], port: int, ready_path: str, env: dict | No
 
 def ctrops_config(storage: Path, port: int, workers: int, runtime: str, log_dir: Path | None,
                   poll_seconds: float = 0, token: str = "bench-token", interface: str = "rsgi",
-                  log_writer: str = "process", lock_memory: bool = False) -> Path:
+                  log_writer: str = "process", lock_memory: bool = False, sched_slice_us: int = 0) -> Path:
     cfg = {"model": {"storage": str(storage), "name": MODEL_NAME, "cache_dir": str(OUT / "cache"),
                      "poll_seconds": poll_seconds, "lock_memory": lock_memory},
            "server": {"host": "127.0.0.1", "port": port, "workers": workers, "runtime": runtime,
-                      "admin_token": token, "interface": interface},
+                      "admin_token": token, "interface": interface, "sched_slice_us": sched_slice_us},
            "experiment": {"name": "bench", "salt": "b", "arms": [
                {"name": "production", "share": 95, "model": "production"},
                {"name": "random", "share": 5, "random": True}]}}
@@ -244,10 +244,10 @@ def inprocess_serving(tmp: str, predictor) -> tuple:
 
 def start_ctrops(storage: Path, workers: int = 2, runtime: str = "granian", log_dir: Path | None = None,
                  poll_seconds: float = 0, interface: str = "rsgi", log_writer: str = "process",
-                 lock_memory: bool = False) -> Server:
+                 lock_memory: bool = False, sched_slice_us: int = 0) -> Server:
     port = free_port()
     cfg = ctrops_config(storage, port, workers, runtime, log_dir, poll_seconds, interface=interface,
-                        log_writer=log_writer, lock_memory=lock_memory)
+                        log_writer=log_writer, lock_memory=lock_memory, sched_slice_us=sched_slice_us)
     mp = OUT / f"prom-{port}"
     shutil.rmtree(mp, ignore_errors=True)
     mp.mkdir(parents=True)
