@@ -30,6 +30,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ctrops.errors import CtropsError, DataError
+from ctrops.serve import gil
 from ctrops.serve.config import ServingConfig
 from ctrops.serve.loader import ModelStore, ServingLoader
 from ctrops.serve.logging_sink import PredictionLog, RequestLog
@@ -351,10 +352,14 @@ def create_app(config: ServingConfig, *, loader: ServingLoader | None = None,
         """Per-worker start: runs after fork (ASGI lifespan or RSGI init), before the first request."""
         service.ids.reseed()  # distinct per worker process
         if start_background:
-            # The log writer and the watcher are CPU-bound Python threads. With the default 5 ms GIL
-            # switch interval, every socket call of the event loop can wait up to 5 ms to get the
-            # GIL back from them (the "convoy effect"); 0.5 ms bounds that wait.
-            sys.setswitchinterval(min(sys.getswitchinterval(), config.server.gil_switch_interval))
+            # A log writer thread is CPU-bound Python: with the default 5 ms GIL switch interval, every
+            # socket call of the event loop could wait up to 5 ms to get the GIL back from it (the
+            # "convoy effect"), so 0.5 ms bounds that wait; model loads shorten it while they run.
+            interval = config.server.gil_switch_interval
+            if interval is None:
+                in_worker = prediction_log is not None and isinstance(prediction_log, PredictionLog)
+                interval = gil.RESPONSIVE if in_worker else sys.getswitchinterval()
+            gil.set_base(interval)
             if config.server.sched_slice_us:
                 from ctrops.serve.sched import shorten_slices
                 shorten_slices(config.server.sched_slice_us)  # the runtime's threads are up; later ones inherit

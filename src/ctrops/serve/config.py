@@ -58,7 +58,8 @@ class ServerConfig:
     admin_token: str | None = None
     admin_token_env: str = "CTROPS_ADMIN_TOKEN"
     shutdown_timeout: float = 30.0
-    gil_switch_interval: float = 0.0005  # seconds; see app.lifespan (background threads vs the event loop)
+    gil_switch_interval: float | None = None  # seconds; None: 0.5 ms with a thread log writer, else Python's
+                                              # 5 ms (shortened while a model loads); see serve/gil.py
     interface: str = "rsgi"              # granian only: "rsgi" (native), "wsgi" (cheapest per request) or "asgi"
     sched_slice_us: int = 0              # workers' scheduler slice (Linux 6.12+), 0: the kernel's; see serve/sched.py
 

@@ -35,6 +35,7 @@ import numpy as np
 from ctrops.errors import ConfigError, CtropsError, ModelFileError
 from ctrops.experiments.assign import Assigner
 from ctrops.experiments.definition import Arm, ExperimentDefinition
+from ctrops.serve import gil
 
 log = logging.getLogger("ctrops.serve.loader")
 VALIDATOR_NICENESS = 19
@@ -269,7 +270,7 @@ class ServingLoader:
 
     # ---- reload -------------------------------------------------------------------------------
     def reload(self) -> ReloadResult:
-        with self._lock:
+        with self._lock, gil.background_work():
             try:
                 result = self._reload_locked()
             except CtropsError as exc:
