@@ -2,7 +2,7 @@
 server's with several workers): one inc/observe per request, as before, against `RequestTally`'s
 counting in batches; same run, alternating, median of the repeats.
 
-    .venv/bin/python benchmarks/bench_request_metrics.py [--requests 200000] [--repeats 5]
+    .venv/bin/python benchmarks/bench_request_metrics.py [--requests 200000] [--repeats 5] [--quick]
 """
 
 from __future__ import annotations
@@ -19,7 +19,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=200_000)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--quick", action="store_true", help="few requests (smoke run)")
     args = ap.parse_args()
+    if args.quick:
+        args.requests, args.repeats = 5_000, 2
     with tempfile.TemporaryDirectory() as folder:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder  # before the metrics exist: multiprocess mode
         from ctrops.serve.metrics import RequestTally, ServerMetrics
