@@ -188,7 +188,8 @@ def main() -> None:
         result["memory_by_role"] = roles = memory_by_role(server)
         print(f"memory after load: PSS {mem['pss_mb']:.0f} MiB, RSS {mem['rss_mb']:.0f} MiB over "
               f"{mem['processes']} processes; model file {size_mb:.0f} MiB -> PSS - file = "
-              f"{mem['pss_mb'] - size_mb:.0f} MiB (target <= 300 MB)", flush=True)
+              f"{mem['pss_mb'] - size_mb:.0f} MiB = {(mem['pss_mb'] - size_mb) * 2**20 / 1e6:.0f} MB "
+              f"(target <= 300 MB)", flush=True)
         for role, r in roles.items():
             print(f"  {role:10s} x{r['processes']}: PSS {r['pss']:7.1f} MiB (anon {r['pss_anon']:.1f}, file "
                   f"{r['pss_file']:.1f}, shared memory {r['pss_shmem']:.1f})", flush=True)
