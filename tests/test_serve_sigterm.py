@@ -106,9 +106,15 @@ def test_sigterm_flushes_every_served_tracking_id(tmp_path: Path, runtime: str, 
         survivors = {p: Path(f"/proc/{p}/cmdline").read_bytes() for p in children if alive(p)}
         assert not survivors, f"a worker or writer process outlived the server: {survivors}"
     finally:
-        if proc.poll() is None:
+        if proc.poll() is None:  # a failed assertion above: leave no worker or writer behind either
+            left = descendants(proc.pid)
             proc.kill()
             proc.wait()
+            for p in left:
+                try:
+                    os.kill(p, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
     logged = set()
     for path in (tmp_path / "logs").glob("predictions-*.jsonl"):
         logged |= {json.loads(line)["tracking_id"] for line in path.read_text().splitlines()}
