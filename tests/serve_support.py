@@ -125,5 +125,5 @@ def kernel_has_custom_slices() -> bool:
     if not sched.supported():
         return False
     code = "from ctrops.serve import sched\nsched.set_thread_slice(0, 300)\nprint(sched.thread_slice_us(0))\n"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     return out.returncode == 0 and out.stdout.strip() == "300"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -22,32 +23,39 @@ def test_every_thread_takes_the_slice_and_keeps_its_nice_value():
     """In a child process: threads running before the call and a thread started after it all report
     the slice in /proc (se.slice, ns), and the process's nice value is what it was."""
     code = textwrap.dedent("""
-        import os, threading
+        import json, os, threading
         from ctrops.serve import sched
 
         def slice_ns(tid):
-            for line in open(f"/proc/self/task/{tid}/sched"):
-                if line.startswith("se.slice"):
-                    return int(line.split()[-1])
+            try:  # a thread that has just ended (the joined one) may still be listed
+                with open(f"/proc/self/task/{tid}/sched") as f:
+                    return next(int(line.split()[-1]) for line in f if line.startswith("se.slice"))
+            except FileNotFoundError:
+                return None
 
         os.nice(3)
         stop = threading.Event()
-        early = [threading.Thread(target=stop.wait) for _ in range(3)]
-        for t in early:
-            t.start()
-        assert sched.shorten_slices(250) == 4, "main + 3 threads"
-        late = {}
-        t = threading.Thread(target=lambda: late.update(ns=slice_ns(threading.get_native_id())))
-        t.start(); t.join()
-        seen = [slice_ns(int(tid)) for tid in os.listdir("/proc/self/task")]
-        stop.set()
-        print(seen, late["ns"], os.nice(0))
+        early = [threading.Thread(target=stop.wait, daemon=True) for _ in range(3)]
+        try:
+            for t in early:
+                t.start()
+            done = sched.shorten_slices(250)
+            late = {}
+            t = threading.Thread(target=lambda: late.update(ns=slice_ns(threading.get_native_id())))
+            t.start(); t.join()
+            seen = {tid: ns for tid in os.listdir("/proc/self/task") if (ns := slice_ns(int(tid))) is not None}
+        finally:
+            stop.set()
+        print(json.dumps({"done": done, "threads": len(seen), "seen": sorted(set(seen.values())),
+                          "late": late["ns"], "nice": os.nice(0)}))
     """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    seen, late, nice = out.stdout.rsplit(" ", 2)
-    assert set(eval(seen)) == {250_000}
-    assert int(late) == 250_000
-    assert int(nice) == 3
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert got["done"] == got["threads"] >= 4, got  # the main thread, the 3 started before, any the imports made
+    assert got["seen"] == [250_000], got
+    assert got["late"] == 250_000, got
+    assert got["nice"] == 3, got
 
 
 @needs_slices
@@ -59,7 +67,7 @@ def test_threads_of_other_policies_are_left_alone():
         print(sched.set_thread_slice(0, 500), os.sched_getscheduler(0) == os.SCHED_IDLE,
               sched.thread_slice_us(0) != 500)
     """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.split() == ["False", "True", "True"]
 
 
