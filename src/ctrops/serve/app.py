@@ -357,7 +357,7 @@ def create_app(config: ServingConfig, *, loader: ServingLoader | None = None,
             # "convoy effect"), so 0.5 ms bounds that wait; model loads shorten it while they run.
             interval = config.server.gil_switch_interval
             if interval is None:
-                in_worker = prediction_log is not None and isinstance(prediction_log, PredictionLog)
+                in_worker = isinstance(prediction_log, PredictionLog)
                 interval = gil.RESPONSIVE if in_worker else sys.getswitchinterval()
             gil.set_base(interval)
             if config.server.sched_slice_us:

@@ -31,7 +31,6 @@ log = logging.getLogger("ctrops.serve.sched")
 
 MIN_SLICE_US = 100       # the kernel clamps custom slices to [0.1 ms, 100 ms]
 MAX_SLICE_US = 100_000
-_SCHED_OTHER = 0
 # struct sched_attr, SCHED_ATTR_SIZE_VER1: size, policy, flags, nice, priority, runtime, deadline,
 # period, util_min, util_max
 _ATTR = struct.Struct("IIQiIQQQII")
@@ -70,7 +69,7 @@ def set_thread_slice(tid: int, microseconds: int) -> bool:
     """Give thread `tid` a slice of `microseconds`, keeping its policy and nice value; False (nothing
     changed) when the thread is not SCHED_OTHER. OSError from the kernel (e.g. the thread is gone)."""
     size, policy, flags, nice, priority, _, deadline, period, umin, umax = _get(tid)
-    if policy != _SCHED_OTHER:
+    if policy != os.SCHED_OTHER:
         return False
     attr = ctypes.create_string_buffer(
         _ATTR.pack(_ATTR.size, policy, flags, nice, priority, microseconds * 1000, deadline, period, umin, umax),
