@@ -411,3 +411,23 @@ def test_a_refused_lock_is_undone_and_the_model_serves_unlocked(tmp_path, monkey
     locks = [c for c in calls if c[0] == "mlock"]
     assert len(locks) == 2 and calls[2] == ("munlock", locks[0][1], locks[0][2])  # the first slice, undone
     assert "could not lock" in caplog.text and "RLIMIT_MEMLOCK" in caplog.text
+
+
+def test_workers_share_the_request_table_through_a_file_beside_the_cached_model(tmp_path):
+    """Each worker's loader maps the same slot-table file (one copy in the page cache for all of them)
+    instead of building the table in its own memory; the second does not rewrite it."""
+    publish(tmp_path, make_model_parts("ffm", seed=1), 1)
+    first = build_loader(config(tmp_path))
+    assert first.reload().outcome == "success"
+    cached = next((tmp_path / "cache" / NAME / "1").rglob("*.ctm"))
+    slots = cached.with_name(cached.name + ".slots")
+    written = slots.stat()
+    second = build_loader(config(tmp_path))
+    assert second.reload().outcome == "success"
+    assert (slots.stat().st_ino, slots.stat().st_mtime_ns) == (written.st_ino, written.st_mtime_ns)
+    for loader in (first, second):
+        predictor = loader.state.arms["production"].predictor
+        table = predictor.encoder.request_encoder().table
+        assert table.shared and table.nbytes == written.st_size
+    np.testing.assert_array_equal(second.state.arms["production"].predictor.score(CONTEXT, CANDIDATES),
+                                  Predictor.from_file(cached).score(CONTEXT, CANDIDATES))

@@ -27,7 +27,11 @@ from ctrops.errors import ModelFileError
 class Predictor:
     """A loaded model ready to score requests; immutable once built, safe to share across threads."""
 
-    def __init__(self, model: ModelFile, *, version: int | None = None, model_name: str | None = None) -> None:
+    def __init__(self, model: ModelFile, *, version: int | None = None, model_name: str | None = None,
+                 shared_table: str | os.PathLike | None = None) -> None:
+        """`shared_table`: a file through which processes serving this model share the request path's
+        vocabulary slot table (ctrops.data.slot_file; the server puts it beside its cached model file);
+        None keeps the table in this process's memory."""
         from ctrops.data.features import FeatureEncoder
         from ctrops.models import scoring
 
@@ -45,6 +49,8 @@ class Predictor:
         self._contributions = getattr(scoring, "contributions", None)
         self._candidate_model = scoring.candidate_model(self.params)
         # build the native request encoder (and its look-up table) now, not on the first request
+        if shared_table is not None:
+            self.encoder.share_request_table(shared_table)
         self.encoder.encode_request({}, [])
 
     # ---- construction -------------------------------------------------------------------------

@@ -36,6 +36,7 @@ cdef struct VocabSlot:
 cdef class SlotTable:
     cdef VocabSlot* slots
     cdef readonly Py_ssize_t capacity
+    cdef object owner   # the buffer the slots live in (None: private memory, freed here)
 
 
 @cython.final
@@ -50,7 +51,7 @@ cdef class RequestEncoder:
     cdef bint has_missing
     cdef tuple missing_utf8
     cdef list names
-    cdef SlotTable table
+    cdef readonly SlotTable table   # the vocabulary slots it probes (private or a shared file map)
     # field names as UTF-8 in an open-addressing table, for callers that hold raw bytes
     cdef char* name_bytes
     cdef int64_t* name_off

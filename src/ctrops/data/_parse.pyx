@@ -15,6 +15,7 @@ field (a real key 0 is replaced by 1, the convention of the vocabulary table).
 cimport cython
 from cpython.dict cimport PyDict_GetItem, PyDict_Next
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
+from cpython.buffer cimport PyBUF_FORMAT, PyBUF_ND, PyBUF_STRIDES, PyBUF_WRITABLE
 from cpython.object cimport PyObject
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_DATA, PyUnicode_GET_LENGTH
 
@@ -834,16 +835,43 @@ cdef class SlotTable:
     a look-up there touches two cache lines; a request makes ~1,000 look-ups in
     a table far larger than the cache, and they are what the encoder waits on.
     This copy puts (key, value) in one 16-byte slot (same capacity, same slot
-    order) on huge pages: one miss per look-up, and few TLB misses. It costs 16
-    bytes per slot of private memory (32 MiB for a 1e6-value vocabulary).
+    order): one miss per look-up. It costs 16 bytes per slot (32 MiB for a
+    1e6-value vocabulary).
+
+    `SlotTable(keys, values)` builds the copy in private memory on huge pages.
+    `SlotTable(keys, values, buffer=b)` serves from `b` instead (a read-only
+    map of a file written from `bytes_view()`, see ctrops.data.slot_file) once
+    every slot of it equals what the arrays say, so several worker processes
+    can share one copy through the page cache; the buffer stays referenced
+    (mapped) as long as the table is.
     """
-    def __cinit__(self, const uint64_t[::1] keys, const int32_t[::1] values):
+    def __cinit__(self, const uint64_t[::1] keys, const int32_t[::1] values, buffer=None):
         cdef Py_ssize_t cap = keys.shape[0], i
+        cdef const unsigned char[::1] view
+        cdef const VocabSlot* given
         if values.shape[0] != cap:
             raise ValueError(f"table keys ({cap}) and values ({values.shape[0]}) differ in length")
         if cap & (cap - 1):
             raise ValueError(f"table capacity {cap} is not a power of two")
         self.capacity = cap
+        if buffer is not None:
+            view = buffer
+            if view.shape[0] != cap * <Py_ssize_t>sizeof(VocabSlot):
+                raise ValueError(f"slot buffer holds {view.shape[0]} bytes, a {cap}-slot table needs "
+                                 f"{cap * sizeof(VocabSlot)}")
+            if cap == 0:
+                raise ValueError("an empty table has no slot buffer")
+            if (<size_t>&view[0]) % sizeof(VocabSlot):
+                raise ValueError("slot buffer is not aligned to 16 bytes")
+            given = <const VocabSlot*>&view[0]
+            with nogil:
+                i = _first_slot_mismatch(given, &keys[0], &values[0], cap)
+            if i >= 0:
+                raise ValueError(f"slot {i} of the buffer is (key {given[i].key}, value {given[i].value}, "
+                                 f"pad {given[i].unused}); the table says (key {keys[i]}, value {values[i]}, pad 0)")
+            self.slots = <VocabSlot*>given
+            self.owner = view
+            return
         self.slots = <VocabSlot*>ctr_table_alloc(<size_t>max(cap, 1) * sizeof(VocabSlot))
         if self.slots == NULL:
             raise MemoryError(f"cannot allocate the {cap}-slot request table")
@@ -854,11 +882,52 @@ cdef class SlotTable:
                 self.slots[i].unused = 0
 
     def __dealloc__(self):
-        free(self.slots)
+        if self.owner is None:
+            free(self.slots)
+        # else the slots belong to the buffer; dropping the reference unmaps it when nothing else holds it
 
     @property
     def nbytes(self):
         return self.capacity * sizeof(VocabSlot)
+
+    @property
+    def shared(self):
+        """True when the slots live in a buffer given at construction (e.g. a shared file map)."""
+        return self.owner is not None
+
+    def bytes_view(self):
+        """The slots as read-only bytes (native byte order; the view keeps the table alive): what a
+        shared file holds."""
+        return memoryview(self)
+
+    def __getbuffer__(self, Py_buffer* view, int flags):
+        if flags & PyBUF_WRITABLE:
+            raise BufferError("a slot table is read-only")
+        view.buf = <void*>self.slots
+        view.obj = self
+        view.len = self.capacity * sizeof(VocabSlot)
+        view.readonly = 1
+        view.itemsize = 1
+        view.format = NULL
+        if flags & PyBUF_FORMAT:
+            view.format = b"B"
+        view.ndim = 1
+        view.shape = &view.len if (flags & PyBUF_ND) else NULL
+        view.strides = &view.itemsize if (flags & PyBUF_STRIDES) else NULL
+        view.suboffsets = NULL
+        view.internal = NULL
+
+    def __releasebuffer__(self, Py_buffer* view):
+        pass
+
+
+cdef Py_ssize_t _first_slot_mismatch(const VocabSlot* t, const uint64_t* keys, const int32_t* values,
+                                     Py_ssize_t cap) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(cap):
+        if t[i].key != keys[i] or t[i].value != values[i] or t[i].unused != 0:
+            return i
+    return -1
 
 
 cdef class RequestEncoder:

@@ -346,13 +346,22 @@ class FeatureEncoder:
         enc = self._request_encoder
         return enc if enc is not None else self._build_request_encoder()
 
-    def _build_request_encoder(self) -> Any:
+    def share_request_table(self, path: str | os.PathLike) -> None:
+        """Build the request encoder over a slot table shared through the file at `path`
+        (ctrops.data.slot_file): worker processes serving one model then hold one copy of it."""
+        from ctrops.data.slot_file import shared_slot_table
+
+        self._check_fitted()
+        self._build_request_encoder(shared_slot_table(path, self.table_keys_, self.table_values_))
+
+    def _build_request_encoder(self, table: Any = None) -> Any:
         self._check_fitted()
         kinds = np.array([_KINDS[(d.kind, d.transform)] for d in self.spec.fields], np.int32)
         raw_keys = np.array([raw_feature_key(f, self.seed) for f in range(self.spec.n_fields)], np.uint64)
         self._request_encoder = _parse.RequestEncoder(
             list(self.spec.field_names), kinds, raw_keys, self.table_keys_, self.table_values_,
-            int(self.seed), int(self.hash_space) if self.indexing == "hash" else 0, self.spec.missing_values)
+            int(self.seed), int(self.hash_space) if self.indexing == "hash" else 0, self.spec.missing_values,
+            table)
         return self._request_encoder
 
     # -- persistence -------------------------------------------------------------------

@@ -117,6 +117,7 @@ class ModelStore:
         scores the canary rows.
         """
         from ctrops.artifact.format import load_model
+        from ctrops.data.slot_file import slot_file_for
         from ctrops.predict import Predictor
 
         entry = self.entry(manifest, version)
@@ -130,7 +131,9 @@ class ModelStore:
         except ModelFileError as exc:
             raise VersionRefused(version, _refusal_reason(str(exc)), str(exc)) from exc
         try:
-            predictor = Predictor(model, version=version, model_name=self.model_name)
+            # workers serving this file share its request table through the page cache, as its weights
+            predictor = Predictor(model, version=version, model_name=self.model_name,
+                                  shared_table=slot_file_for(path))
         except (CtropsError, ValueError, KeyError) as exc:
             model.close()
             raise VersionRefused(version, "format", f"cannot build the predictor: {exc}") from exc
@@ -475,6 +478,22 @@ def _mapping(predictor: Any) -> np.ndarray | None:
     return view if view.size else None
 
 
+def _mappings(predictor: Any) -> list[np.ndarray]:
+    """The file mappings a predictor serves from, as byte arrays: the model's and, when its request
+    table is shared through a file (ctrops.data.slot_file), the table's; [] where madvise cannot apply."""
+    model = _mapping(predictor)
+    if model is None:
+        return []
+    views = [model]
+    try:
+        table = predictor.encoder.request_encoder().table
+    except AttributeError:
+        return views
+    if getattr(table, "shared", False) and table.nbytes:
+        views.append(np.frombuffer(table.bytes_view(), dtype=np.uint8))
+    return views
+
+
 def _madvise(address: int, length: int, advice: int) -> bool:
     import ctypes
 
@@ -492,12 +511,13 @@ def advise(predictor: Any, advice: int) -> bool:
     still scores with the mapping (file pages fault back in). False when the
     platform or the object does not allow it (nothing to do).
     """
-    view = _mapping(predictor)
-    return view is not None and _madvise(view.ctypes.data, view.size, advice)
+    views = _mappings(predictor)
+    return bool(views) and all([_madvise(v.ctypes.data, v.size, advice) for v in views])
 
 
 def populate_gently(predictor: Any, chunk_bytes: int = POPULATE_CHUNK_BYTES, duty: float = 0.5) -> bool:
-    """Map a new model's pages before the swap, in slices, resting between them.
+    """Map a new model's pages (and its shared request table's) before the swap, in slices, resting
+    between them.
 
     Without it the first requests after a swap take the new file's page faults
     (a few thousand per request at first, one per feature row touched). The
@@ -509,33 +529,29 @@ def populate_gently(predictor: Any, chunk_bytes: int = POPULATE_CHUNK_BYTES, dut
     Instead each slice's madvise runs without the GIL, and sleeping as long as
     the slice took caps its CPU use at `duty` of one core.
     """
-    done, _, _ = _in_slices(predictor, chunk_bytes, duty,
-                            lambda address, length: _madvise(address, length, MADV_POPULATE_READ))
-    return done
+    views = _mappings(predictor)
+    return bool(views) and all([_in_slices(v, chunk_bytes, duty, lambda address, length: _madvise(
+        address, length, MADV_POPULATE_READ)) == v.size for v in views])
 
 
-def _in_slices(predictor: Any, chunk_bytes: int, duty: float,
-               step: Callable[[int, int], bool]) -> tuple[bool, int, int]:
-    """`step(address, length)` over a predictor's mapping in page-aligned slices of `chunk_bytes`,
-    sleeping after each as long as it took over `duty`: (every step succeeded, the mapping's
-    address, the bytes done before a step failed). (False, 0, 0) without a mapping."""
-    view = _mapping(predictor)
-    if view is None:
-        return False, 0, 0
+def _in_slices(view: np.ndarray, chunk_bytes: int, duty: float, step: Callable[[int, int], bool]) -> int:
+    """`step(address, length)` over a mapping in page-aligned slices of `chunk_bytes`, sleeping after
+    each as long as it took over `duty`; the bytes done before a step failed (all of them: `view.size`)."""
     base, size = view.ctypes.data, view.size
     page = os.sysconf("SC_PAGE_SIZE")
     chunk = max(page, chunk_bytes - chunk_bytes % page)
     for offset in range(0, size, chunk):
         started = time.perf_counter()
         if not step(base + offset, min(chunk, size - offset)):
-            return False, base, offset
+            return offset
         if duty < 1.0:
             time.sleep((time.perf_counter() - started) * (1.0 - duty) / duty)
-    return True, base, size
+    return size
 
 
 def lock_gently(predictor: Any, chunk_bytes: int = POPULATE_CHUNK_BYTES, duty: float = 0.5) -> bool:
-    """mlock() a new model's mapping, in slices as `populate_gently` maps it; whether it is locked.
+    """mlock() a new model's mappings (its file and its shared request table), in slices as
+    `populate_gently` maps them; whether they are locked.
 
     Why: a model's pages are file pages the kernel may reclaim when they look
     cold, and a model of 1e6 features has many rows a few requests touch a
@@ -551,14 +567,20 @@ def lock_gently(predictor: Any, chunk_bytes: int = POPULATE_CHUNK_BYTES, duty: f
     import ctypes
 
     libc = _libc()
-    if libc is None:
+    views = _mappings(predictor)
+    if libc is None or not views:
         return False
-    done, base, locked = _in_slices(predictor, chunk_bytes, duty, lambda address, length: libc.mlock(
-        ctypes.c_void_p(address), ctypes.c_size_t(length)) == 0)
-    if done or not base:
-        return done
+    for i, view in enumerate(views):
+        locked = _in_slices(view, chunk_bytes, duty, lambda address, length: libc.mlock(
+            ctypes.c_void_p(address), ctypes.c_size_t(length)) == 0)
+        if locked < view.size:
+            break
+    else:
+        return True
     err = ctypes.get_errno()
-    _munlock(libc, base, locked)
+    for done in views[:i]:
+        _munlock(libc, done.ctypes.data, done.size)
+    _munlock(libc, view.ctypes.data, locked)
     global _lock_warned
     if not _lock_warned:
         _lock_warned = True
@@ -570,9 +592,9 @@ def lock_gently(predictor: Any, chunk_bytes: int = POPULATE_CHUNK_BYTES, duty: f
 
 def unlock(predictor: Any) -> bool:
     """munlock() a predictor's mapping (a retired model: MADV_DONTNEED refuses locked pages)."""
-    view = _mapping(predictor)
+    views = _mappings(predictor)
     libc = _libc()
-    return view is not None and libc is not None and _munlock(libc, view.ctypes.data, view.size)
+    return bool(views) and libc is not None and all([_munlock(libc, v.ctypes.data, v.size) for v in views])
 
 
 def _munlock(libc: Any, address: int, length: int) -> bool:
