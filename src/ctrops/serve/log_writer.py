@@ -64,10 +64,12 @@ class RingPump:
     """One worker's ring: pulls its records, holds what the sink's queue cannot take yet, and keeps
     the worker's counters."""
 
-    def __init__(self, ring: lr.Ring, conn: socket.socket | None = None, worker: int = 0) -> None:
+    def __init__(self, ring: lr.Ring, conn: socket.socket | None = None, worker: int = 0,
+                 ring_id: tuple[int, int] | None = None) -> None:
         self.ring = ring
         self.conn = conn
         self.worker = worker
+        self.ring_id = ring_id  # (device, inode) of the ring's memfd: which ring this is, whoever hands it
         s = ring.slots
         # a restarted writer continues the counters of the one before it (the worker reset the rest)
         self.base_written, self.base_errors, self.base_dropped = (
@@ -287,8 +289,9 @@ def run_hub(name: str, config: LogConfig, stop: threading.Event) -> int:
                 conn.settimeout(None)
                 if not fds:
                     raise ValueError("no file descriptor")
+                st = os.fstat(fds[0])
                 ring = lr.Ring.attach(fds[0])
-                arrivals.put(RingPump(ring, conn, int(msg or b"0")))
+                arrivals.put(RingPump(ring, conn, int(msg or b"0"), ring_id=(st.st_dev, st.st_ino)))
             except (OSError, ValueError) as exc:
                 log.error("a connection did not hand over a log ring (%s): ignored", exc)
                 conn.close()
@@ -302,8 +305,12 @@ def run_hub(name: str, config: LogConfig, stop: threading.Event) -> int:
     while True:
         while not arrivals.empty():
             pump = arrivals.get()
-            if any(p.worker == pump.worker and not p.connection_closed() for p in writer.pumps):
-                log.error("worker %d handed its ring over twice: the second connection is ignored", pump.worker)
+            # the same ring again while its first connection is open (a worker that took a hiccup for
+            # the hub's death): a second reader would take its records twice, so the newcomer is
+            # ignored. Identity is the ring's, not the worker's pid: one process may own several rings.
+            if any(p.ring_id == pump.ring_id and not p.connection_closed() for p in writer.pumps):
+                log.error("worker %d handed the same ring over twice: the second connection is ignored",
+                          pump.worker)
                 pump.conn.close()
                 pump.ring.close()
                 continue
