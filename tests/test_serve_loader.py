@@ -431,3 +431,46 @@ def test_workers_share_the_request_table_through_a_file_beside_the_cached_model(
         assert table.shared and table.nbytes == written.st_size
     np.testing.assert_array_equal(second.state.arms["production"].predictor.score(CONTEXT, CANDIDATES),
                                   Predictor.from_file(cached).score(CONTEXT, CANDIDATES))
+
+
+def test_a_storage_failure_is_retried_at_the_next_poll_not_remembered(tmp_path, monkeypatch):
+    """Storage that cannot be read says nothing about the file: the version is tried again at the next
+    reload (and serves then), while the current model keeps serving meanwhile. A wrong file (sha256
+    mismatch) stays refused."""
+    from ctrops.artifact.storage import Storage
+    from ctrops.serve import loader as loader_mod
+
+    monkeypatch.setattr(loader_mod.ModelStore, "_validate_elsewhere", lambda self, job: loader_mod.validate_version(
+        **job))
+    publish(tmp_path, make_model_parts("ffm", seed=1), 1)
+    loader = build_loader(config(tmp_path))
+    assert loader.reload().outcome == "success"
+    publish(tmp_path, make_model_parts("ffm", seed=2), 2)
+    real = Storage.download_verified
+    failures = []
+
+    def unreachable_once(self, relative, local_path, sha256):
+        if not failures:
+            failures.append(relative)
+            raise ConnectionError("storage endpoint unreachable")
+        return real(self, relative, local_path, sha256)
+
+    monkeypatch.setattr(Storage, "download_verified", unreachable_once)
+    first = loader.reload()
+    assert first.outcome == "failure" and "will retry" in first.message and "unreachable" in first.message
+    assert loader.state.versions() == {"production": 1}  # the current model keeps serving
+    second = loader.reload()
+    assert second.outcome == "success" and loader.state.versions() == {"production": 2}
+    assert failures == ["models/ctr/2/model.ctm"]
+
+
+@pytest.mark.parametrize("exc, transient", [
+    (ConnectionError("reset"), True), (TimeoutError("read timed out"), True), (PermissionError(13, "denied"), True),
+    (FileNotFoundError(2, "gone"), True), (ValueError("bad"), False), (RuntimeError("bug"), False)])
+def test_fetch_failures_are_told_apart(exc, transient):
+    from ctrops.errors import ModelFileError
+    from ctrops.serve.loader import _transient
+
+    assert _transient(exc) is transient
+    assert _transient(ModelFileError("s3://m/x.ctm: model file of version 3 is missing from storage"))
+    assert not _transient(ModelFileError("s3://m/x.ctm: sha256 ab does not match the manifest's cd"))

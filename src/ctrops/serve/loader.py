@@ -42,11 +42,16 @@ VALIDATOR_NICENESS = 19
 
 
 class VersionRefused(ModelFileError):
-    """A model version failed validation; `reason` is a short label for metrics."""
+    """A model version failed validation; `reason` is a short label for metrics.
 
-    def __init__(self, version: int, reason: str, message: str) -> None:
-        super().__init__(f"model version {version} refused ({reason}): {message}")
-        self.version, self.reason = version, reason
+    `retry`: the failure says nothing about the file (storage unreachable, a
+    read that timed out, the file not in storage yet), so the version is tried
+    again at the next poll instead of being remembered as refused.
+    """
+
+    def __init__(self, version: int, reason: str, message: str, retry: bool = False) -> None:
+        super().__init__(f"model version {version} refused ({reason}{', will retry' if retry else ''}): {message}")
+        self.version, self.reason, self.retry = version, reason, retry
 
 
 def _get(obj: Any, name: str, default: Any = None) -> Any:
@@ -159,7 +164,8 @@ class ModelStore:
                "max_bytes": self.max_bytes}
         result = self._validate_elsewhere(job) if self.validate_in_subprocess else validate_version(**job)
         if not result.get("ok"):
-            raise VersionRefused(version, str(result.get("reason", "fetch")), str(result.get("message")))
+            raise VersionRefused(version, str(result.get("reason", "fetch")), str(result.get("message")),
+                                 retry=bool(result.get("retry")))
         return Path(result["path"])
 
     def _validate_elsewhere(self, job: dict) -> dict:
@@ -170,8 +176,8 @@ class ModelStore:
             argv = ["ionice", "-c", "3"] + argv
         try:
             proc = subprocess.run(argv, capture_output=True, text=True, timeout=self.validate_timeout)
-        except subprocess.TimeoutExpired:
-            return {"ok": False, "reason": "fetch",
+        except subprocess.TimeoutExpired:  # slow storage or a busy host: nothing known about the file
+            return {"ok": False, "reason": "fetch", "retry": True,
                     "message": f"validation did not finish within {self.validate_timeout:.0f} s"}
         except OSError as exc:  # cannot start a process here: check in this one
             log.warning("validation process could not start (%s); validating in process", exc)
@@ -351,7 +357,8 @@ class ServingLoader:
             try:
                 p = self.store.load(manifest, v)
             except VersionRefused as exc:
-                self._refused[v] = str(exc)
+                if not exc.retry:
+                    self._refused[v] = str(exc)
                 refused_now.append(str(exc))
                 problem = problem or str(exc)
                 log.error("%s", exc)
@@ -395,6 +402,15 @@ class ServingLoader:
 
 
 # ---- whole-file validation (in a separate process) and page residency ---------------------------
+
+def _transient(exc: BaseException) -> bool:
+    """Whether a fetch failure may pass by itself: the storage could not be read (network, timeout,
+    permissions, a file the publisher has not finished uploading), as opposed to a file that was read
+    and is wrong (sha256 mismatch), which stays wrong."""
+    if isinstance(exc, ModelFileError):
+        return "missing from storage" in str(exc)
+    return isinstance(exc, (OSError, TimeoutError))
+
 
 def _refusal_reason(text: str) -> str:
     return ("size" if "over the limit" in text else "nonfinite" if "non-finite" in text or "bias is" in text
@@ -448,7 +464,7 @@ def _validate_locked(storage: str, entry: dict, local_dir: str, max_bytes: int |
     try:
         path = Path(fetch_model(storage, SimpleNamespace(**entry), local_dir))
     except Exception as exc:  # missing file, sha256 mismatch, storage trouble
-        return {"ok": False, "reason": "fetch", "message": str(exc)}
+        return {"ok": False, "reason": "fetch", "message": str(exc), "retry": _transient(exc)}
     try:
         load_model(path, mmap=True, verify=True, max_bytes=max_bytes).close()
     except ModelFileError as exc:
