@@ -474,3 +474,57 @@ def test_fetch_failures_are_told_apart(exc, transient):
     assert _transient(exc) is transient
     assert _transient(ModelFileError("s3://m/x.ctm: model file of version 3 is missing from storage"))
     assert not _transient(ModelFileError("s3://m/x.ctm: sha256 ab does not match the manifest's cd"))
+
+
+def _cached_versions(tmp_path: Path) -> list[int]:
+    return sorted(int(d.name) for d in (tmp_path / "cache" / NAME).iterdir() if d.is_dir())
+
+
+def test_the_cache_keeps_what_is_in_use_and_the_newest_and_drops_the_rest(tmp_path):
+    """Each swap deletes cached versions nobody needs: the serving one, the manifest's aliases and the
+    `cache_keep` newest stay; a retired model whose files were deleted still scores (its mapping lives)."""
+    publish(tmp_path, make_model_parts("ffm", seed=1), 1, aliases=("production", "candidate"))
+    loader = build_loader(config(tmp_path, cache_keep=1))
+    assert loader.reload().outcome == "success"
+    first = loader.state.arms["production"].predictor
+    before = first.score(CONTEXT, CANDIDATES)
+    for v in (2, 3, 4):
+        publish(tmp_path, make_model_parts("ffm", seed=v), v)
+        assert loader.reload().outcome == "success"
+    # 4 serves (production) and is the newest; 1 is still the manifest's 'candidate'; 2 and 3 are gone
+    assert _cached_versions(tmp_path) == [1, 4]
+    publish(tmp_path, make_model_parts("ffm", seed=5), 5, aliases=("production", "candidate"))
+    assert loader.reload().outcome == "success"
+    assert _cached_versions(tmp_path) == [5]
+    assert not (tmp_path / "cache" / NAME / "1").exists()
+    np.testing.assert_array_equal(first.score(CONTEXT, CANDIDATES), before)  # an in-flight holder of version 1
+
+
+def test_the_cache_spares_a_version_being_validated_and_keeps_all_when_told(tmp_path):
+    import fcntl
+
+    publish(tmp_path, make_model_parts("ffm", seed=1), 1)
+    loader = build_loader(config(tmp_path, cache_keep=0))
+    assert loader.reload().outcome == "success"
+    publish(tmp_path, make_model_parts("ffm", seed=2), 2)
+    with open(tmp_path / "cache" / NAME / "1" / ".validate.lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # another worker fetching or validating version 1 right now
+        assert loader.reload().outcome == "success"
+        assert _cached_versions(tmp_path) == [1, 2]
+    assert loader.store.prune_cache({2}) == [1] and _cached_versions(tmp_path) == [2]
+
+    publish(tmp_path, make_model_parts("ffm", seed=3), 3)
+    keep_all = build_loader(config(tmp_path, cache_keep=None))
+    assert keep_all.reload().outcome == "success"
+    publish(tmp_path, make_model_parts("ffm", seed=4), 4)
+    assert keep_all.reload().outcome == "success"
+    assert _cached_versions(tmp_path) == [2, 3, 4]
+
+
+def test_cache_keep_must_not_be_negative(tmp_path):
+    from ctrops.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="model.cache_keep must be 0 or more"):
+        config(tmp_path, cache_keep=-1)
+    with pytest.raises(ConfigError, match="cache_keep must be an integer"):
+        config(tmp_path, cache_keep="2")

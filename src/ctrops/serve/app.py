@@ -111,7 +111,7 @@ def build_loader(config: ServingConfig, metrics: ServerMetrics | None = None) ->
     m = config.model
     store = ModelStore(m.storage, m.name, cache_dir=m.cache_dir, max_bytes=m.max_bytes,
                        canary_tolerance=m.canary_tolerance, require_canary=m.require_canary,
-                       lock_memory=m.lock_memory)
+                       lock_memory=m.lock_memory, cache_keep=m.cache_keep)
     return ServingLoader(store, config.load_experiment, metrics=metrics, poll_seconds=m.poll_seconds)
 
 

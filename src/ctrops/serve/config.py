@@ -8,6 +8,7 @@
       poll_seconds: 10               # watcher period (0 disables the watcher)
       canary_tolerance: 1.0e-4       # |score - recorded| allowed on manifest canary rows
       require_canary: false          # refuse versions that carry no canary rows
+      cache_keep: 2                  # cached versions kept besides those in use (null: keep all)
     experiment: experiment.yaml      # path (relative to this file) or inline mapping; omitted:
                                      # all traffic to alias 'production'
     server: {host: 127.0.0.1, port: 8000, workers: 2, runtime: granian, interface: rsgi,
@@ -47,6 +48,7 @@ class ModelConfig:
     require_canary: bool = False
     storage_options: dict | None = None
     lock_memory: bool = False  # mlock each loaded model's pages (exempt from the kernel's reclaim); see docs/serving.md
+    cache_keep: int | None = 2  # cached versions kept beyond those serving or named by the manifest (None: all)
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,9 @@ class ServingConfig:
         model = _section(ModelConfig, raw["model"], f"{source}: model")
         if "://" not in model.storage and not Path(model.storage).is_absolute():
             model = _replace(model, storage=str((base / model.storage).resolve()))
+        if model.cache_keep is not None and model.cache_keep < 0:
+            raise ConfigError(f"{source}: model.cache_keep must be 0 or more (or null to keep every version), "
+                              f"got {model.cache_keep}")
         server = _section(ServerConfig, raw.get("server") or {}, f"{source}: server")
         if server.runtime not in RUNTIMES:
             raise ConfigError(f"{source}: server.runtime must be one of {RUNTIMES}, got {server.runtime!r}")

@@ -67,7 +67,7 @@ class ModelStore:
     def __init__(self, storage_url: str, model_name: str, *, cache_dir: str | Path,
                  max_bytes: int | None = None, canary_tolerance: float | None = 1e-4,
                  require_canary: bool = False, validate_in_subprocess: bool = True,
-                 validate_timeout: float = 1800.0, lock_memory: bool = False) -> None:
+                 validate_timeout: float = 1800.0, lock_memory: bool = False, cache_keep: int | None = None) -> None:
         self.storage_url = storage_url
         self.model_name = model_name
         self.cache_dir = Path(cache_dir) / model_name
@@ -77,6 +77,7 @@ class ModelStore:
         self.validate_in_subprocess = validate_in_subprocess
         self.validate_timeout = validate_timeout
         self.lock_memory = lock_memory
+        self.cache_keep = cache_keep  # see prune_cache; None keeps every version fetched
 
     def manifest(self) -> Any:
         from ctrops.artifact.manifest import read_manifest
@@ -167,6 +168,49 @@ class ModelStore:
             raise VersionRefused(version, str(result.get("reason", "fetch")), str(result.get("message")),
                                  retry=bool(result.get("retry")))
         return Path(result["path"])
+
+    def prune_cache(self, in_use: set[int]) -> list[int]:
+        """Delete cached versions that are not `in_use` and not among the `cache_keep` newest; the
+        versions deleted.
+
+        Why: every promotion fetches a model file (hundreds of MB) and its
+        request table into the cache, and a weekly model fills a disk in
+        months. `in_use` holds what this worker serves and what the manifest
+        names (aliases, the experiment's arms), which every worker reading the
+        same manifest agrees on; the newest few stay for a quick rollback. A
+        version another process is validating right now (its lock is held) is
+        left for the next prune. A worker still serving a deleted version keeps
+        its mapping (an unlinked file stays readable while mapped).
+        """
+        import fcntl
+
+        if self.cache_keep is None or not self.cache_dir.is_dir():
+            return []
+        present = sorted((int(d.name) for d in self.cache_dir.iterdir() if d.is_dir() and d.name.isdigit()),
+                         reverse=True)
+        keep = set(in_use) | set(present[:self.cache_keep])
+        removed, freed = [], 0
+        for version in present:
+            if version in keep:
+                continue
+            folder = self.cache_dir / str(version)
+            try:
+                with open(folder / ".validate.lock", "a") as lock:
+                    try:
+                        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        continue  # being fetched or validated right now
+                    size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+                    shutil.rmtree(folder)
+            except OSError as exc:
+                log.warning("model cache: could not remove version %d from %s: %s", version, folder, exc)
+                continue
+            removed.append(version)
+            freed += size
+        if removed:
+            log.info("model cache: removed version(s) %s of %r (%.0f MB; kept %s)", ", ".join(map(str, removed)),
+                     self.model_name, freed / 1e6, sorted(keep & set(present), reverse=True))
+        return removed
 
     def _validate_elsewhere(self, job: dict) -> dict:
         argv = [sys.executable, "-m", "ctrops.serve.loader", "validate", json.dumps(job)]
@@ -338,8 +382,18 @@ class ServingLoader:
         self._publish_metrics(new)
         if current is not None:
             release_unused(current, new, locked=self.store.lock_memory)
+        self._prune_cache(new, manifest, aliases)
         return ReloadResult("success", f"experiment {definition.name!r}: " + ", ".join(
             f"{n}={v if v is not None else '-'}" for n, v in new.versions().items()), refused_now)
+
+    def _prune_cache(self, state: ServingState, manifest: Any, aliases: Mapping[str, int]) -> None:
+        """After a swap: drop cached versions nobody needs (`ModelStore.prune_cache`); never fails a reload."""
+        in_use = {v for v in state.versions().values() if v is not None} | set(aliases.values())
+        in_use |= {am.requested_version for am in state.arms.values() if am.requested_version is not None}
+        try:
+            self.store.prune_cache(in_use)
+        except Exception:  # a cache that cannot be tidied is a disk to watch, not a reason to stop serving
+            log.exception("model cache: pruning failed")
 
     def _obtain(self, manifest: Any, entries: list[Any], want: int, loaded: dict[int, Any],
                 refused_now: list[str]) -> tuple[Any | None, str | None]:
