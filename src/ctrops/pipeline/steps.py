@@ -286,7 +286,7 @@ def _model_metadata(ctx: StepContext, extra: Mapping[str, Any]) -> dict[str, Any
 def train_step(ctx: StepContext) -> dict[str, Any]:
     """Final model with the tuned parameters: one model, or shard models averaged."""
     from ctrops.data.matrix import FieldMatrix
-    from ctrops.tune import TuningData, fit_and_score, log_loss
+    from ctrops.tune import TuningData, fit_and_score
 
     cfg = ctx.config
     tuned = ctx.out("tune")
@@ -295,7 +295,6 @@ def train_step(ctx: StepContext) -> dict[str, Any]:
     tdata = TuningData(**tuned["data"])
     shard_report = None
     if cfg.shards > 1:
-        from ctrops.models.scoring import predict_logits
         from ctrops.pipeline.shards import split_rows, train_shards
 
         train = FieldMatrix.load(data["train_matrix"])
