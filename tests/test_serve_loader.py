@@ -480,7 +480,19 @@ def _cached_versions(tmp_path: Path) -> list[int]:
     return sorted(int(d.name) for d in (tmp_path / "cache" / NAME).iterdir() if d.is_dir())
 
 
-def test_the_cache_keeps_what_is_in_use_and_the_newest_and_drops_the_rest(tmp_path):
+@pytest.fixture()
+def copying_storage(monkeypatch):
+    """Storage on another filesystem than the cache (or remote): fetched files are copies, not links."""
+    from ctrops.artifact.storage import Storage
+    from ctrops.serve import loader as loader_mod
+
+    monkeypatch.setattr(Storage, "_link_verified", lambda self, relative, local_path, sha256: False)
+    # validated in this process, so that the patch applies
+    monkeypatch.setattr(loader_mod.ModelStore, "_validate_elsewhere",
+                        lambda self, job: loader_mod.validate_version(**job))
+
+
+def test_the_cache_keeps_what_is_in_use_and_the_newest_and_drops_the_rest(tmp_path, copying_storage):
     """Each swap deletes cached versions nobody needs: the serving one, the manifest's aliases and the
     `cache_keep` newest stay; a retired model whose files were deleted still scores (its mapping lives)."""
     publish(tmp_path, make_model_parts("ffm", seed=1), 1, aliases=("production", "candidate"))
@@ -500,7 +512,7 @@ def test_the_cache_keeps_what_is_in_use_and_the_newest_and_drops_the_rest(tmp_pa
     np.testing.assert_array_equal(first.score(CONTEXT, CANDIDATES), before)  # an in-flight holder of version 1
 
 
-def test_the_cache_spares_a_version_being_validated_and_keeps_all_when_told(tmp_path):
+def test_the_cache_spares_a_version_being_validated_and_keeps_all_when_told(tmp_path, copying_storage):
     import fcntl
 
     publish(tmp_path, make_model_parts("ffm", seed=1), 1)
@@ -519,6 +531,17 @@ def test_the_cache_spares_a_version_being_validated_and_keeps_all_when_told(tmp_
     publish(tmp_path, make_model_parts("ffm", seed=4), 4)
     assert keep_all.reload().outcome == "success"
     assert _cached_versions(tmp_path) == [2, 3, 4]
+
+
+def test_the_cache_keeps_versions_linked_to_local_storage(tmp_path):
+    """A cached file hard-linked to local storage costs no space: deleting it would free nothing and
+    make a rollback validate it again, so it stays."""
+    publish(tmp_path, make_model_parts("ffm", seed=1), 1)
+    loader = build_loader(config(tmp_path, cache_keep=0))
+    assert loader.reload().outcome == "success"
+    publish(tmp_path, make_model_parts("ffm", seed=2), 2)
+    assert loader.reload().outcome == "success"
+    assert _cached_versions(tmp_path) == [1, 2]
 
 
 def test_cache_keep_must_not_be_negative(tmp_path):

@@ -180,7 +180,9 @@ class ModelStore:
         same manifest agrees on; the newest few stay for a quick rollback. A
         version another process is validating right now (its lock is held) is
         left for the next prune. A worker still serving a deleted version keeps
-        its mapping (an unlinked file stays readable while mapped).
+        its mapping (an unlinked file stays readable while mapped). Versions
+        whose file is a hard link to local storage stay: deleting the link
+        frees nothing, and a rollback to them would have to validate again.
         """
         import fcntl
 
@@ -194,6 +196,8 @@ class ModelStore:
             if version in keep:
                 continue
             folder = self.cache_dir / str(version)
+            if any(f.stat().st_nlink > 1 for f in folder.rglob("*.ctm")):
+                continue  # hard-linked to local storage: deleting frees ~5% of what storage holds anyway
             try:
                 with open(folder / ".validate.lock", "a") as lock:
                     try:
