@@ -196,9 +196,9 @@ class ModelStore:
             if version in keep:
                 continue
             folder = self.cache_dir / str(version)
-            if any(f.stat().st_nlink > 1 for f in folder.rglob("*.ctm")):
-                continue  # hard-linked to local storage: deleting frees ~5% of what storage holds anyway
             try:
+                if any(f.stat().st_nlink > 1 for f in folder.rglob("*.ctm")):
+                    continue  # hard-linked to local storage: deleting frees ~5% of what storage holds anyway
                 with open(folder / ".validate.lock", "a") as lock:
                     try:
                         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -206,6 +206,8 @@ class ModelStore:
                         continue  # being fetched or validated right now
                     size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
                     shutil.rmtree(folder)
+            except FileNotFoundError:
+                continue  # another worker pruned it first
             except OSError as exc:
                 log.warning("model cache: could not remove version %d from %s: %s", version, folder, exc)
                 continue
@@ -386,11 +388,11 @@ class ServingLoader:
         self._publish_metrics(new)
         if current is not None:
             release_unused(current, new, locked=self.store.lock_memory)
-        self._prune_cache(new, manifest, aliases)
+        self._prune_cache(new, aliases)
         return ReloadResult("success", f"experiment {definition.name!r}: " + ", ".join(
             f"{n}={v if v is not None else '-'}" for n, v in new.versions().items()), refused_now)
 
-    def _prune_cache(self, state: ServingState, manifest: Any, aliases: Mapping[str, int]) -> None:
+    def _prune_cache(self, state: ServingState, aliases: Mapping[str, int]) -> None:
         """After a swap: drop cached versions nobody needs (`ModelStore.prune_cache`); never fails a reload."""
         in_use = {v for v in state.versions().values() if v is not None} | set(aliases.values())
         in_use |= {am.requested_version for am in state.arms.values() if am.requested_version is not None}
