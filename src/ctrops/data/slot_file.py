@@ -50,9 +50,10 @@ def shared_slot_table(path: str | os.PathLike, keys: np.ndarray, values: np.ndar
     table = _map_if_matching(path, keys, values)
     if table is not None:
         return table
+    stale = _inode(path)  # a file found wrong just now (None: there was none)
     private = _parse.SlotTable(keys, values)
     try:
-        return _publish(path, private, keys, values)
+        return _publish(path, private, keys, values, stale)
     except OSError as exc:
         log.warning("cannot write the shared slot table %s (%s): this process keeps a private copy "
                     "(%.0f MiB)", path, exc, private.nbytes / 2**20)
@@ -80,8 +81,17 @@ def _map_if_matching(path: Path, keys: np.ndarray, values: np.ndarray) -> "_pars
         return None
 
 
-def _publish(path: Path, private: "_parse.SlotTable", keys: np.ndarray, values: np.ndarray) -> "_parse.SlotTable":
-    """Write `private` under a temporary name, link it to `path` (or replace a stale file there) and map it."""
+def _inode(path: Path) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except FileNotFoundError:
+        return None
+
+
+def _publish(path: Path, private: "_parse.SlotTable", keys: np.ndarray, values: np.ndarray,
+             stale: int | None) -> "_parse.SlotTable":
+    """Write `private` under a temporary name, link it to `path` (or replace the stale file there, inode
+    `stale`) and map it."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         with open(tmp, "wb") as fh:
@@ -89,7 +99,8 @@ def _publish(path: Path, private: "_parse.SlotTable", keys: np.ndarray, values: 
         try:
             os.link(tmp, path)  # first writer wins; a later one finds the file and maps it
         except FileExistsError:
-            table = _map_if_matching(path, keys, values)
+            # another worker's fresh file is mapped; the one already found wrong is not checked twice
+            table = None if _inode(path) == stale else _map_if_matching(path, keys, values)
             if table is not None:
                 return table
             os.replace(tmp, path)  # the file there is stale: ours takes its place
