@@ -214,7 +214,8 @@ def main() -> None:
         try:
             load(args.client, base.port, bodies, 50, 3)
             print("  FastAPI + pydantic + NumPy baseline rate sweep (p99 <= 20 ms):", flush=True)
-            brates = [25, 50, 100, 200, 300, 400, 500, 600, 800, 1000] + rising(1000) if not args.quick else [25, 50, 100]
+            brates = ([25, 50, 100, 200, 300, 400, 500, 600, 800, 1000] + rising(1000) if not args.quick
+                      else [25, 50, 100])
             bbest, bruns = sweep(base, args.client, bodies, brates, step, server_side=False)
             result["baseline_max_rate_p99_20ms"] = bbest
             result["baseline_sweep"] = bruns
